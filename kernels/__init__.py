@@ -1,0 +1,1 @@
+"""Fused Triton kernels (launchers only: no autograd, no torch.library; see `mambarec_fast.ops`)."""

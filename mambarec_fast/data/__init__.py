@@ -1,0 +1,1 @@
+"""MMRec-format data: loading and validation, graphs, negative sampling, synthetic datasets."""
