@@ -11,6 +11,7 @@ import yaml
 DEFAULTS: dict[str, Any] = {
     # data
     "data": "synthetic:tiny",
+    "data_seed": 0,
     "modalities": ["image", "text"],
     "knn_k": 10,
     "graph_cache": None,
