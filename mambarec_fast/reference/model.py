@@ -136,7 +136,7 @@ class MambaRec(nn.Module):
         self.register_buffer("adj", graphs.adj, persistent=False)
         self.register_buffer("ui", graphs.ui, persistent=False)
         for m in self.modalities:
-            self.register_buffer(f"item_graph_{m}", graphs.items[m], persistent=False)
+            self.register_buffer(f"item_{m}", graphs.items[m], persistent=False)
 
     # -- encoders ---------------------------------------------------------------------------
     def image_dream(self) -> torch.Tensor:
@@ -150,23 +150,34 @@ class MambaRec(nn.Module):
         """`DREAM_t(text_trs(T))`, `[I, d]` (before LayerNorm and dropout)."""
         return self.dream_text(self.text_trs(self.text_embedding.weight))
 
+    def encode(self, modality: str) -> torch.Tensor:
+        """The pre-norm DREAM output of one modality, `[I, d]`."""
+        return self.image_dream() if modality == "image" else self.text_dream()
+
+    def spmm(self, graph: str, x: torch.Tensor) -> torch.Tensor:
+        """`G x` for the named fixed graph: "adj" (Â), "ui" (R̂) or "item_<modality>" (S_m)."""
+        return spmm(getattr(self, graph), x)
+
+    def propagate(self, graph: str, x: torch.Tensor, layers: int) -> torch.Tensor:
+        """Mean of `x, Gx, ..., G^L x` over the named graph."""
+        return propagate(getattr(self, graph), x, layers)
+
     def _modal_views(self) -> dict[str, torch.Tensor]:
         """Steps 1-2 and 4: `emb_m = [R̂ x_m; x_m]` for every modality the model has."""
         views = {}
         for m in self.modalities:
-            h = self.image_dream() if m == "image" else self.text_dream()
-            h = self.dropout(self.norm(h))
+            h = self.dropout(self.norm(self.encode(m)))
             gate = self.gate_v if m == "image" else self.gate_t
             x = self.item_id_embedding.weight * gate(h)
             for _ in range(self.n_layers):
-                x = spmm(getattr(self, f"item_graph_{m}"), x)
-            views[m] = torch.cat([spmm(self.ui, x), x], dim=0)
+                x = self.spmm(f"item_{m}", x)
+            views[m] = torch.cat([self.spmm("ui", x), x], dim=0)
         return views
 
     def forward(self) -> ForwardOutput:
         views = self._modal_views()
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        content = propagate(self.adj, ego, self.n_ui_layers)
+        content = self.propagate("adj", ego, self.n_ui_layers)
         if len(views) == 2:
             emb_v, emb_t = views["image"], views["text"]
             att = torch.cat([self.query_common(emb_v), self.query_common(emb_t)], dim=-1)
@@ -196,11 +207,18 @@ class MambaRec(nn.Module):
         )
         terms = {"bpr": bpr, "reg": penalty, "cl": self.cl_loss * cl}
         if len(self.modalities) == 2 and self.mmd_weight != 0:
-            # The authors' second DREAM call: updates the BatchNorm running statistics again.
-            image = self.image_dream()[pos_items]
-            text = self.text_dream()[pos_items]
-            terms["mmd"] = self.mmd_weight * mmd_loss(image, text, self.mmd_kernel_bandwidth)
+            terms["mmd"] = self.mmd_weight * self.mmd_term(pos_items)
         return terms
+
+    def mmd_term(self, pos_items: torch.Tensor) -> torch.Tensor:
+        """Unweighted MMD² between the image and text DREAM outputs of the positive items.
+
+        The authors call each DREAM a second time here (train mode: BatchNorm running statistics
+        are updated again with the same batch statistics, and the outputs equal step 1's).
+        """
+        image = self.encode("image")[pos_items]
+        text = self.encode("text")[pos_items]
+        return mmd_loss(image, text, self.mmd_kernel_bandwidth)
 
     def calculate_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         return sum(self.loss_terms(users, pos_items, neg_items).values())
