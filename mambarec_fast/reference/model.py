@@ -64,6 +64,9 @@ class MambaRec(nn.Module):
     or with none (the user-item view alone). Hyper-parameter defaults are SPEC's.
     """
 
+    #: The DREAM block class (a subclass may swap in a drop-in with the same parameters).
+    dream_cls = DREAM
+
     def __init__(
         self,
         n_users: int,
@@ -117,14 +120,14 @@ class MambaRec(nn.Module):
             else:
                 self.image_reduce = None
                 self.image_trs = nn.Linear(v.shape[1], d)
-            self.dream_image = DREAM(d, d, rate=dream_rate, bn_mom=bn_mom)
+            self.dream_image = self.dream_cls(d, d, rate=dream_rate, bn_mom=bn_mom)
             self.gate_v = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
             self.gate_image_prefer = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
         if "text" in self.modalities:
             t = torch.as_tensor(features["text"], dtype=torch.float32)
             self.text_embedding = nn.Embedding.from_pretrained(t.clone(), freeze=False)
             self.text_trs = nn.Linear(t.shape[1], d)
-            self.dream_text = DREAM(d, d, rate=dream_rate, bn_mom=bn_mom)
+            self.dream_text = self.dream_cls(d, d, rate=dream_rate, bn_mom=bn_mom)
             self.gate_t = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
             self.gate_text_prefer = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
         if self.modalities:
