@@ -1,0 +1,348 @@
+"""The fast DREAM block (SPEC §4): same parameters, state_dict and results as the reference.
+
+Matrix path (`[N, C]` input, the model's case). On a 1x1 map a 3x3 dilated conv with padding equal
+to its dilation sees only its centre tap, and branch 5's pooling is the identity, so the five
+branches are one GEMM `z1 = x W1^T + b1` with `W1 [5Ch, C]` stacked from the centre taps. After
+BN + ReLU, `u >= 0`, so for each row `n`
+
+    a = max(u * c_n, u * s_n) = u * m_n,   m_n = max(c_n, s_n),
+    c_n = ReLU(w_c . u_n),   s_n = sigmoid(w_s . u_n)
+
+(exactly, even in floating point: rounding is monotone) and the block is
+
+    z1 = x W1^T + b1 -> BN -> ReLU = u -> p = (u m) u -> z2 = p W2^T + b2 -> BN -> ReLU = y.
+
+`dream_matrix_forward` / `dream_matrix_backward` are `torch.library` custom ops holding that
+algebra, with an analytic backward registered as their autograd formula and fake kernels for
+`torch.compile` (which keeps each as one op). On CUDA in float32 they run the Triton kernels of
+`kernels/dream.py`; everywhere else (CPU, other dtypes, no Triton) the same algebra in a few torch
+ops. Only the centre taps enter the op (sliced out of the 4-D conv weights, so the other taps get
+exactly zero gradient, as in the reference).
+
+General path (`[B, C, H, W]`, `[B, S, C]`): NOT fused yet. The fast module runs the reference
+computation (`mambarec_fast.reference.DREAM.forward`) with its own parameters, so it is correct
+there but no faster. The same fallback serves any configuration the matrix op does not cover
+(BatchNorm submodules switched to a different train/eval mode than the block, or without running
+statistics).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mambarec_fast.kernels._compat import HAS_TRITON
+from mambarec_fast.reference.dream import DREAM as ReferenceDREAM
+from mambarec_fast.reference.dream import to_feature_map
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# The algebra in torch ops (CPU and any dtype/device the Triton kernels do not take)
+# --------------------------------------------------------------------------------------------
+def _bn_scale_shift(z: Tensor, training: bool, running_mean: Tensor, running_var: Tensor, gamma, beta, eps):
+    """BatchNorm over the rows of `z [N, K]` as one affine map `z * scale + shift` (as ATen's CPU
+    BatchNorm does). Returns `scale, shift, mean, var`: the statistics used (batch, biased
+    variance, in train mode; copies of the running ones in eval mode)."""
+    if training:
+        var, mean = torch.var_mean(z, dim=0, correction=0)
+    else:
+        mean, var = running_mean.clone(), running_var.clone()
+    scale = gamma * torch.rsqrt(var + eps)
+    return scale, beta - mean * scale, mean, var
+
+
+def _attention(u: Tensor, wcs: Tensor) -> tuple[Tensor, Tensor]:
+    """`cs [N, 2]` = (ReLU(w_c . u_n), sigmoid(w_s . u_n)) and `m = max(c, s)` as a column `[N, 1]`."""
+    pre = u @ wcs.t()
+    cs = torch.stack((torch.relu(pre[:, 0]), torch.sigmoid(pre[:, 1])), dim=1)
+    return cs, torch.maximum(cs[:, 0], cs[:, 1]).unsqueeze(1)
+
+
+def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward):
+    empty = x.new_empty(0)
+    if not training and not need_backward:
+        # Eval inference: fold each BatchNorm into its GEMM (scale the weight rows, shift the bias).
+        scale1 = g1 * torch.rsqrt(rv1 + eps)
+        u = torch.addmm((b1 - rm1) * scale1 + be1, x, (w1 * scale1[:, None]).t()).relu_()
+        _cs, m = _attention(u, wcs)
+        p = (u * m).mul_(u)
+        scale2 = g2 * torch.rsqrt(rv2 + eps)
+        y = torch.addmm((b2 - rm2) * scale2 + be2, p, (w2 * scale2[:, None]).t()).relu_()
+        return y, empty, empty, empty, empty, empty, rm1.clone(), rv1.clone(), rm2.clone(), rv2.clone()
+    z1 = torch.addmm(b1, x, w1.t())
+    scale1, shift1, mean1, var1 = _bn_scale_shift(z1, training, rm1, rv1, g1, be1, eps)
+    u = torch.addcmul(shift1, z1, scale1).relu_()
+    cs, m = _attention(u, wcs)
+    p = (u * m).mul_(u)
+    z2 = torch.addmm(b2, p, w2.t())
+    scale2, shift2, mean2, var2 = _bn_scale_shift(z2, training, rm2, rv2, g2, be2, eps)
+    y = torch.addcmul(shift2, z2, scale2).relu_()
+    if not need_backward:
+        z1, u, p, cs, z2 = (empty,) * 5
+    return y, z1, u, p, cs, z2, mean1, var1, mean2, var2
+
+
+def _bn_relu_backward(gy: Tensor, y: Tensor, z: Tensor, gamma: Tensor, mean: Tensor, var: Tensor, training: bool, eps: float):
+    """Backward of `y = ReLU(gamma * zhat + beta)`, `zhat = (z - mean) * rstd`, `rstd = (var + eps)^-1/2`.
+
+    With dv = dy * [y > 0]: dbeta = sum(dv), dgamma = sum(dv * zhat) = rstd * (sum(dv * z) - mean * dbeta).
+    Train mode (batch statistics over n rows):
+        dz = gamma * rstd * (dv - dbeta / n - zhat * dgamma / n),
+    written as one affine map of (dv, z); eval mode (running statistics are constants):
+        dz = gamma * rstd * dv.
+    Returns dz, dgamma, dbeta.
+    """
+    dv = torch.ops.aten.threshold_backward(gy, y, 0)
+    rstd = torch.rsqrt(var + eps)
+    dbeta = dv.sum(0)
+    dgamma = rstd * (torch.einsum("nk,nk->k", dv, z) - mean * dbeta)
+    scale = gamma * rstd
+    if not training:
+        return dv * scale, dgamma, dbeta
+    n = dv.shape[0]
+    z_coef = -scale * rstd * dgamma / n
+    const = -scale * dbeta / n - mean * z_coef
+    return torch.addcmul(const, z, z_coef).addcmul_(dv, scale), dgamma, dbeta
+
+
+def _backward_torch(gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps):
+    dz2, dg2, dbe2 = _bn_relu_backward(gy, y, z2, g2, mean2, var2, training, eps)
+    dw2 = dz2.t() @ p
+    db2 = dz2.sum(0)
+    # p = (u m) u with m = max(c, s) per row: dp/du = 2 m u, dm = sum_j dp_j u_j^2.
+    q = (dz2 @ w2).mul_(u)
+    dm = torch.einsum("nk,nk->n", q, u)
+    # torch.maximum's rule: ties split half/half; ReLU's backward masks where its output is 0.
+    c, s = cs[:, 0], cs[:, 1]
+    to_c = (c > s).to(dm.dtype) + 0.5 * (c == s).to(dm.dtype)
+    dc_pre = dm * to_c * (c > 0)
+    ds_pre = dm * (1 - to_c) * s * (1 - s)
+    datt = torch.stack((dc_pre, ds_pre), dim=1)  # [N, 2]
+    dwcs = datt.t() @ u
+    m = torch.maximum(c, s).unsqueeze(1)
+    du = q.mul_(2 * m).addmm_(datt, wcs)
+    dz1, dg1, dbe1 = _bn_relu_backward(du, u, z1, g1, mean1, var1, training, eps)
+    dw1 = dz1.t() @ x
+    db1 = dz1.sum(0)
+    dx = dz1 @ w1
+    return dx, dw1, db1, dg1, dbe1, dwcs, dw2, db2, dg2, dbe2
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library ops: forward, backward, fake kernels, autograd
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("mambarec_fast::dream_matrix_forward", mutates_args=())
+def dream_matrix_forward(
+    x: Tensor, w1: Tensor, b1: Tensor, g1: Tensor, be1: Tensor, rm1: Tensor, rv1: Tensor,
+    wcs: Tensor, w2: Tensor, b2: Tensor, g2: Tensor, be2: Tensor, rm2: Tensor, rv2: Tensor,
+    training: bool, eps: float, need_backward: bool, allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """DREAM on `x [N, C]` with packed parameters.
+
+    Packed parameters: `w1 [5Ch, C]` (centre taps), `b1, g1, be1, rm1, rv1 [5Ch]` (conv bias, BN
+    weight, bias, running mean, running var of the five branches in concat order), `wcs [2, 5Ch]`
+    (rows w_c, w_s), `w2 [Ch, 5Ch]`, `b2, g2, be2, rm2, rv2 [Ch]` (conv_cat).
+    Returns `(y [N, Ch], z1 [N, 5Ch], u [N, 5Ch], p [N, 5Ch], cs [N, 2], z2 [N, Ch], mean1, var1,
+    mean2, var2)`: `z1`, `z2` the pre-BN GEMM outputs, `u` the concat, `p = max(c, s) u^2` the
+    conv_cat input, `cs` the per-row (c, s) (these five are kept for the backward, empty when
+    `need_backward` is False); `mean*, var*` the statistics used (batch, biased variance, in train
+    mode; copies of the running ones in eval mode). `allow_tf32` lets the CUDA kernels use TF32
+    GEMMs (ignored elsewhere).
+    """
+    return _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward)
+
+
+@dream_matrix_forward.register_fake
+def _(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward, allow_tf32):
+    n, k1, k2 = x.shape[0], w1.shape[0], w2.shape[0]
+    if need_backward:
+        saved = (x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, 2), x.new_empty(n, k2))
+    else:
+        saved = (x.new_empty(0),) * 5
+    return (x.new_empty(n, k2), *saved, x.new_empty(k1), x.new_empty(k1), x.new_empty(k2), x.new_empty(k2))
+
+
+@torch.library.custom_op("mambarec_fast::dream_matrix_backward", mutates_args=())
+def dream_matrix_backward(
+    gy: Tensor, x: Tensor, w1: Tensor, g1: Tensor, wcs: Tensor, w2: Tensor, g2: Tensor, y: Tensor,
+    z1: Tensor, u: Tensor, p: Tensor, cs: Tensor, z2: Tensor, mean1: Tensor, var1: Tensor,
+    mean2: Tensor, var2: Tensor, training: bool, eps: float, allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients `(dx, dw1, db1, dg1, dbe1, dwcs, dw2, db2, dg2, dbe2)` of `dream_matrix_forward`
+    from `gy [N, Ch]`, its inputs and its outputs (shapes as there)."""
+    return _backward_torch(gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps)
+
+
+@dream_matrix_backward.register_fake
+def _(gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps, allow_tf32):
+    return tuple(torch.empty_like(t) for t in (x, w1, g1, g1, g1, wcs, w2, g2, g2, g2))
+
+
+def _setup_context(ctx, inputs, output):
+    x, w1, _b1, g1, _be1, _rm1, _rv1, wcs, w2, _b2, g2, _be2, _rm2, _rv2, training, eps, _need, allow_tf32 = inputs
+    ctx.save_for_backward(x, w1, g1, wcs, w2, g2, *output)
+    ctx.training, ctx.eps, ctx.allow_tf32 = training, eps, allow_tf32
+
+
+def _autograd_backward(ctx, gy, *_unused_grads):
+    # Only y is differentiable; the other outputs are saved values, not results.
+    grads = dream_matrix_backward(gy.contiguous(), *ctx.saved_tensors, ctx.training, ctx.eps, ctx.allow_tf32)
+    dx, dw1, db1, dg1, dbe1, dwcs, dw2, db2, dg2, dbe2 = grads
+    return dx, dw1, db1, dg1, dbe1, None, None, dwcs, dw2, db2, dg2, dbe2, None, None, None, None, None, None
+
+
+dream_matrix_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+if HAS_TRITON:
+    from mambarec_fast.kernels import dream as _kernels
+
+    @dream_matrix_forward.register_kernel("cuda")
+    def _(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward, allow_tf32):
+        args = (x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward)
+        if x.dtype != torch.float32:
+            return _forward_torch(*args)
+        return _kernels.matrix_forward(*args, allow_tf32)
+
+    @dream_matrix_backward.register_kernel("cuda")
+    def _(gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps, allow_tf32):
+        args = (gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps)
+        if x.dtype != torch.float32:
+            return _backward_torch(*args)
+        return _kernels.matrix_backward(*args, allow_tf32)
+
+
+# --------------------------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------------------------
+def _centre_tap(weight: Tensor) -> Tensor:
+    """`[Co, Ci, kh, kw] -> [Co, Ci]`: the only tap a zero-padded ('same') conv applies to a 1x1 map."""
+    return weight[:, :, weight.shape[2] // 2, weight.shape[3] // 2]
+
+
+class DREAM(ReferenceDREAM):
+    """Fast drop-in for `mambarec_fast.reference.DREAM(dim_in, dim_out, rate=1, bn_mom=0.1)`.
+
+    Same submodules, parameters, buffers and state_dict names (the authors'), same outputs,
+    gradients and running-statistic updates. `[N, dim_in]` inputs (float16/bfloat16/float32/float64)
+    take the fused matrix path (see the module docstring); `[B, S, dim_in]` and
+    `[B, dim_in, H, W]` run the reference computation (not fused yet).
+
+    `forward(x, running_stat_updates=1)`: in train mode every BatchNorm's running statistics get
+    `running_stat_updates` momentum updates with this call's batch statistics (and
+    `num_batches_tracked` grows by as much), the cost-free equivalent of calling the block that
+    many times on the same input, as the authors do for their MMD term.
+    `repeat_running_stats_update()` applies one more such update after the fact.
+    `allow_tf32` (default False) lets the CUDA kernels use TF32 GEMMs (about 1e-3 relative).
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, rate: int = 1, bn_mom: float = 0.1):
+        super().__init__(dim_in, dim_out, rate, bn_mom)
+        self.allow_tf32 = False
+        self._last_batch_stats: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+
+    # The five branch BatchNorms in concat order, then conv_cat's.
+    def _branch_convs(self):
+        return (self.branch1[0], self.branch2[0], self.branch3[0], self.branch4[0], self.branch5_conv)
+
+    def _branch_bns(self):
+        return (self.branch1[1], self.branch2[1], self.branch3[1], self.branch4[1], self.branch5_bn)
+
+    def _matrix_path_applies(self, x: Tensor) -> bool:
+        bns = (*self._branch_bns(), self.conv_cat[1])
+        return x.dim() == 2 and all(
+            bn.training == self.training and bn.affine and bn.running_mean is not None and bn.eps == bns[0].eps
+            for bn in bns
+        )
+
+    def forward(self, x: Tensor, running_stat_updates: int = 1) -> Tensor:
+        to_feature_map(x, self.dim_in)  # the reference's checks: type, rank, channel count, float
+        if x.dtype not in _SUPPORTED_DTYPES or x.dtype != self.conv_cat[0].weight.dtype:
+            raise TypeError(
+                f"DREAM expects input of its parameters' dtype {self.conv_cat[0].weight.dtype} "
+                f"(one of float16, bfloat16, float32, float64), got {x.dtype}"
+            )
+        if not isinstance(running_stat_updates, int) or running_stat_updates < 1:
+            raise ValueError(f"running_stat_updates must be a positive int, got {running_stat_updates!r}")
+        if self._matrix_path_applies(x):
+            y = self._forward_matrix(x)
+        else:
+            y = self._forward_reference(x)
+        for _ in range(running_stat_updates - 1):
+            self.repeat_running_stats_update()
+        return y
+
+    def _forward_matrix(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] < 2:
+            raise ValueError(
+                f"DREAM in train mode needs more than 1 row for its BatchNorm batch statistics, "
+                f"got input shape {tuple(x.shape)}"
+            )
+        convs, bns, cat_conv, cat_bn = self._branch_convs(), self._branch_bns(), self.conv_cat[0], self.conv_cat[1]
+        w1 = torch.cat([_centre_tap(conv.weight) for conv in convs])
+        b1 = torch.cat([conv.bias for conv in convs])
+        g1 = torch.cat([bn.weight for bn in bns])
+        be1 = torch.cat([bn.bias for bn in bns])
+        rm1 = torch.cat([bn.running_mean for bn in bns])
+        rv1 = torch.cat([bn.running_var for bn in bns])
+        wcs = torch.cat((self.fusion.channel.fc.weight.flatten(1), self.fusion.spatial.Conv1x1.weight.flatten(1)))
+        params = (x, w1, b1, g1, be1, wcs, cat_conv.weight, cat_conv.bias, cat_bn.weight, cat_bn.bias)
+        need_backward = torch.is_grad_enabled() and any(t.requires_grad for t in params)
+        y, *_saved, mean1, var1, mean2, var2 = dream_matrix_forward(
+            x, w1, b1, g1, be1, rm1, rv1, wcs, cat_conv.weight.flatten(1), cat_conv.bias, cat_bn.weight,
+            cat_bn.bias, cat_bn.running_mean, cat_bn.running_var, self.training, cat_bn.eps, need_backward,
+            self.allow_tf32,
+        )
+        if self.training:
+            n = x.shape[0]
+            unbias = n / (n - 1)
+            self._last_batch_stats = (mean1.detach(), var1.detach() * unbias, mean2.detach(), var2.detach() * unbias)
+            self.repeat_running_stats_update()
+        return y
+
+    def _forward_reference(self, x: Tensor) -> Tensor:
+        """The reference computation; in train mode it also records each BatchNorm's batch statistics."""
+        bns = (*self._branch_bns(), self.conv_cat[1])
+        recorded: dict[int, tuple[Tensor, Tensor]] = {}
+
+        def record(index):
+            def hook(_module, args):
+                with torch.no_grad():
+                    var, mean = torch.var_mean(args[0], dim=(0, 2, 3), correction=1)
+                recorded[index] = (mean, var)
+
+            return hook
+
+        hooks = [bn.register_forward_pre_hook(record(i)) for i, bn in enumerate(bns) if bn.training]
+        try:
+            y = super().forward(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if self.training and len(recorded) == len(bns):
+            self._last_batch_stats = (
+                torch.cat([recorded[i][0] for i in range(5)]),
+                torch.cat([recorded[i][1] for i in range(5)]),
+                *recorded[5],
+            )
+        return y
+
+    @torch.no_grad()
+    def repeat_running_stats_update(self) -> None:
+        """One more BatchNorm running-statistic update (momentum rule, `num_batches_tracked += 1`)
+        with the batch statistics of the last train-mode forward, as a second identical call would."""
+        if self._last_batch_stats is None:
+            raise RuntimeError("repeat_running_stats_update needs a train-mode forward first")
+        mean1, var1, mean2, var2 = self._last_batch_stats
+        width = self.dim_out
+        pairs = [(bn, mean1[i * width:(i + 1) * width], var1[i * width:(i + 1) * width])
+                 for i, bn in enumerate(self._branch_bns())]
+        pairs.append((self.conv_cat[1], mean2, var2))
+        for bn, mean, var in pairs:
+            if bn.running_mean is None:
+                continue
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            # nn.BatchNorm2d's order: momentum * batch + (1 - momentum) * running.
+            bn.running_mean.copy_(mean * factor + bn.running_mean * (1 - factor))
+            bn.running_var.copy_(var * factor + bn.running_var * (1 - factor))
