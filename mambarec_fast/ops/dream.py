@@ -60,7 +60,8 @@ def _attention(u: Tensor, wcs: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward):
-    empty = x.new_empty(0)
+    # distinct empty placeholders: a custom op's outputs may not alias one another
+    empties = tuple(x.new_empty(0) for _ in range(5))
     if not training and not need_backward:
         # Eval inference: fold each BatchNorm into its GEMM (scale the weight rows, shift the bias).
         scale1 = g1 * torch.rsqrt(rv1 + eps)
@@ -69,7 +70,7 @@ def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
         p = (u * m).mul_(u)
         scale2 = g2 * torch.rsqrt(rv2 + eps)
         y = torch.addmm((b2 - rm2) * scale2 + be2, p, (w2 * scale2[:, None]).t()).relu_()
-        return y, empty, empty, empty, empty, empty, rm1.clone(), rv1.clone(), rm2.clone(), rv2.clone()
+        return y, *empties, rm1.clone(), rv1.clone(), rm2.clone(), rv2.clone()
     z1 = torch.addmm(b1, x, w1.t())
     scale1, shift1, mean1, var1 = _bn_scale_shift(z1, training, rm1, rv1, g1, be1, eps)
     u = torch.addcmul(shift1, z1, scale1).relu_()
@@ -79,7 +80,7 @@ def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
     scale2, shift2, mean2, var2 = _bn_scale_shift(z2, training, rm2, rv2, g2, be2, eps)
     y = torch.addcmul(shift2, z2, scale2).relu_()
     if not need_backward:
-        z1, u, p, cs, z2 = (empty,) * 5
+        z1, u, p, cs, z2 = empties
     return y, z1, u, p, cs, z2, mean1, var1, mean2, var2
 
 
@@ -159,7 +160,7 @@ def _(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, ep
     if need_backward:
         saved = (x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, 2), x.new_empty(n, k2))
     else:
-        saved = (x.new_empty(0),) * 5
+        saved = tuple(x.new_empty(0) for _ in range(5))
     return (x.new_empty(n, k2), *saved, x.new_empty(k1), x.new_empty(k1), x.new_empty(k2), x.new_empty(k2))
 
 
