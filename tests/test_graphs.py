@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mambarec_fast.data import build_graphs, cached_knn_graph, knn_graph, load_mmrec, make_synthetic, user_item_graphs
+from mambarec_fast.data import (build_graphs, cached_knn_graph, knn_graph, load_mmrec, make_synthetic,
+                                user_item_graphs)
 from mambarec_fast.data import graphs as graphs_module
 from mambarec_fast.reference import MambaRecGraphs
 
@@ -114,6 +115,12 @@ def test_knn_graph_all_rows_zero():
     assert torch.equal(graph.to_dense(), torch.eye(4))
 
 
+def test_knn_graph_no_items():
+    graph = knn_graph(np.zeros((0, 4), np.float32))
+    assert_coalesced_float32(graph, (0, 0))
+    assert graph._nnz() == 0
+
+
 def test_knn_graph_block_size_does_not_change_the_graph():
     features = torch.randn(57, 8, generator=torch.Generator().manual_seed(3))
     whole = knn_graph(features, k=5, block_size=1024)
@@ -146,7 +153,8 @@ def test_knn_graph_rejects_bad_input(features, kwargs, match):
 def test_knn_graph_accepts_float64_and_non_contiguous():
     base = torch.randn(12, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     view = base[:, ::2]
-    torch.testing.assert_close(knn_graph(view, k=4).to_dense(), knn_graph(view.float().contiguous(), k=4).to_dense())
+    want = knn_graph(view.float().contiguous(), k=4).to_dense()
+    torch.testing.assert_close(knn_graph(view, k=4).to_dense(), want)
 
 
 class CountingKnn:

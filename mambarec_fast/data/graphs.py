@@ -52,7 +52,8 @@ def user_item_graphs(n_users: int, n_items: int, train) -> tuple[torch.Tensor, t
     values = (d_user[users] * d_item[items]).float()
     ui = _sparse(users, items, values, (n_users, n_items))
     n = n_users + n_items
-    adj = _sparse(torch.cat([users, items + n_users]), torch.cat([items + n_users, users]), values.repeat(2), (n, n))
+    rows, cols = torch.cat([users, items + n_users]), torch.cat([items + n_users, users])
+    adj = _sparse(rows, cols, values.repeat(2), (n, n))
     return adj, ui
 
 
@@ -88,7 +89,8 @@ def knn_graph(features, k: int = 10, block_size: int = 1024) -> torch.Tensor:
     norms = torch.linalg.vector_norm(features, dim=1)
     live = torch.nonzero(norms > 0).flatten()  # a norm of 0 (zero row, or underflow) has no direction
     dead = torch.nonzero(norms == 0).flatten()
-    unit = features[live] / norms[live, None]
+    unit = features[live]  # a copy (advanced indexing), normalised in place: one I x D buffer
+    unit /= norms[live, None]
     k_eff = min(k, len(live))
     rows, cols, vals = [dead], [dead], [torch.ones(len(dead), device=device)]
     for start in range(0, len(live), block_size):

@@ -89,11 +89,13 @@ class MMRecDataset:
 
     def __post_init__(self):
         if self.n_users < 1 or self.n_items < 1:
-            raise DataError(f"{self.name}: needs at least one user and one item, got {self.n_users} x {self.n_items}")
+            raise DataError(f"{self.name}: needs at least one user and one item, "
+                            f"got {self.n_users} x {self.n_items}")
         for split in SPLITS:
             rows, name = getattr(self, split), f"{self.name} {split} split"
             if not isinstance(rows, np.ndarray) or rows.dtype != np.int64:
-                raise DataError(f"{name}: expected a numpy int64 array [n, 2], got {getattr(rows, 'dtype', type(rows))}")
+                got = getattr(rows, "dtype", type(rows).__name__)
+                raise DataError(f"{name}: expected a numpy int64 array [n, 2], got {got}")
             as_pairs(rows, self.n_users, self.n_items, name)
         if len(self.train) == 0:
             raise DataError(f"{self.name}: the train split is empty")
@@ -152,7 +154,8 @@ def _diagnose(path: Path, n_fields: int, columns: list[int]) -> None:
                 if value < 0:
                     raise DataError(f"{path}: line {line_no}: {name} {value} is negative")
                 if name == "x_label" and value not in (0, 1, 2):
-                    raise DataError(f"{path}: line {line_no}: x_label {value} is not 0 (train), 1 (valid) or 2 (test)")
+                    raise DataError(f"{path}: line {line_no}: x_label {value} is not "
+                                    "0 (train), 1 (valid) or 2 (test)")
 
 
 def read_inter(path: Path) -> np.ndarray:
@@ -193,7 +196,8 @@ def _load_features(path: Path, n_items: int) -> np.ndarray:
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npy array: {exc}") from None
     if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise DataError(f"{path}: expected a real numeric array, got {getattr(array, 'dtype', type(array).__name__)}")
+        got = getattr(array, "dtype", type(array).__name__)
+        raise DataError(f"{path}: expected a real numeric array, got {got}")
     if array.ndim != 2:
         raise DataError(f"{path}: expected a 2-D array [items, dim], got shape {array.shape}")
     with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf: reported as such

@@ -67,4 +67,5 @@ class TrainSampler:
         order = torch.randperm(len(self.train), generator=generator)
         users, pos_items = self.train[order, 0], self.train[order, 1]
         neg_items = self.negatives(users, generator)
-        return zip(users.split(self.batch_size), pos_items.split(self.batch_size), neg_items.split(self.batch_size))
+        size = self.batch_size
+        return zip(users.split(size), pos_items.split(size), neg_items.split(size))
