@@ -317,13 +317,13 @@ def matrix_forward(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
     else:
         z1, u, p, cs, z2 = (new(0) for _ in range(5))
     if not training:
-        mean1, var1, mean2, var2 = rm1.clone(), rv1.clone(), rm2.clone(), rv2.clone()
         _fused_forward[(blocks,)](
-            x, w1, b1, mean1, var1, g1, be1, wcs, w2, b2, mean2, var2, g2, be2, z1, u, p, cs, z2, y, y, y,
+            x, w1, b1, rm1, rv1, g1, be1, wcs, w2, b2, rm2, rv2, g2, be2, z1, u, p, cs, z2, y, y, y,
             n, c, k, eps, BN=BLOCK_N, CP=cp, KP=kp, PREC=prec, SAVE=need_backward, STORE_Z1=need_backward,
             STORE_Z2=need_backward, FINAL=True,
         )
-        return y, z1, u, p, cs, z2, mean1, var1, mean2, var2
+        stats = (rm1.clone(), rv1.clone(), rm2.clone(), rv2.clone()) if need_backward else (new(0) for _ in range(4))
+        return (y, z1, u, p, cs, z2, *stats)
     z1_buf = z1 if need_backward else new(n, 5 * k)
     pmean, pm2 = new(blocks, 5 * k), new(blocks, 5 * k)
     _branch_gemm_stats[(blocks, 5)](x, w1, b1, z1_buf, pmean, pm2, n, c, k, BN=BLOCK_N, CP=cp, KP=kp, PREC=prec)

@@ -373,3 +373,34 @@ def test_triton_matrix_kernels_match_float64(n, c, k, training, need_backward):
         assert g.shape == e.shape, name
         tol = 1e-4 if name == "db1" else 1e-5  # db1 sums to ~0 in train mode: pure rounding
         assert rel_err(g.cpu(), e) < tol or (g.cpu().double() - e).abs().max() < 1e-5, name
+
+
+def test_eval_pack_cache_follows_parameter_updates():
+    ref, fast = pair(seed=12)
+    ref.eval()
+    fast.eval()
+    x = torch.randn(9, 6, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(fast(x), ref(x)) < 1e-10
+        cached = fast._pack_cache[1]
+        assert fast(x) is not None and fast._pack_cache[1] is cached  # reused while nothing changed
+        for module in (ref, fast):  # an optimizer-like in-place step and a running-stat change
+            module.branch3[0].weight.mul_(1.5)
+            module.conv_cat[1].running_var.add_(0.25)
+        assert rel_err(fast(x), ref(x)) < 1e-10
+    fast.load_state_dict(randomize(ReferenceDREAM(6, 4).double(), 13).state_dict())
+    ref.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        assert rel_err(fast(x), ref(x)) < 1e-10
+
+
+def test_torch_compile_fullgraph_keeps_the_op():
+    """`aot_eager` traces the fake kernels and the autograd formula without a C++ toolchain."""
+    ref, fast = pair(seed=14)
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+    run_and_compare(ref, compiled, torch.randn(20, 6, dtype=torch.float64))
+    ref.eval()
+    fast.eval()
+    x = torch.randn(20, 6, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(compiled(x), ref(x)) < 1e-10

@@ -61,7 +61,7 @@ def _attention(u: Tensor, wcs: Tensor) -> tuple[Tensor, Tensor]:
 
 def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward):
     # distinct empty placeholders: a custom op's outputs may not alias one another
-    empties = tuple(x.new_empty(0) for _ in range(5))
+    empties = tuple(x.new_empty(0) for _ in range(9))
     if not training and not need_backward:
         # Eval inference: fold each BatchNorm into its GEMM (scale the weight rows, shift the bias).
         scale1 = g1 * torch.rsqrt(rv1 + eps)
@@ -70,7 +70,7 @@ def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
         p = (u * m).mul_(u)
         scale2 = g2 * torch.rsqrt(rv2 + eps)
         y = torch.addmm((b2 - rm2) * scale2 + be2, p, (w2 * scale2[:, None]).t()).relu_()
-        return y, *empties, rm1.clone(), rv1.clone(), rm2.clone(), rv2.clone()
+        return (y, *empties)
     z1 = torch.addmm(b1, x, w1.t())
     scale1, shift1, mean1, var1 = _bn_scale_shift(z1, training, rm1, rv1, g1, be1, eps)
     u = torch.addcmul(shift1, z1, scale1).relu_()
@@ -80,7 +80,7 @@ def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
     scale2, shift2, mean2, var2 = _bn_scale_shift(z2, training, rm2, rv2, g2, be2, eps)
     y = torch.addcmul(shift2, z2, scale2).relu_()
     if not need_backward:
-        z1, u, p, cs, z2 = empties
+        z1, u, p, cs, z2 = empties[:5]
     return y, z1, u, p, cs, z2, mean1, var1, mean2, var2
 
 
@@ -148,7 +148,7 @@ def dream_matrix_forward(
     mean2, var2)`: `z1`, `z2` the pre-BN GEMM outputs, `u` the concat, `p = max(c, s) u^2` the
     conv_cat input, `cs` the per-row (c, s) (these five are kept for the backward, empty when
     `need_backward` is False); `mean*, var*` the statistics used (batch, biased variance, in train
-    mode; copies of the running ones in eval mode). `allow_tf32` lets the CUDA kernels use TF32
+    mode; copies of the running ones in eval mode, empty in eval mode without `need_backward`). `allow_tf32` lets the CUDA kernels use TF32
     GEMMs (ignored elsewhere).
     """
     return _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward)
@@ -161,7 +161,11 @@ def _(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, ep
         saved = (x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, 2), x.new_empty(n, k2))
     else:
         saved = tuple(x.new_empty(0) for _ in range(5))
-    return (x.new_empty(n, k2), *saved, x.new_empty(k1), x.new_empty(k1), x.new_empty(k2), x.new_empty(k2))
+    if training or need_backward:
+        stats = (x.new_empty(k1), x.new_empty(k1), x.new_empty(k2), x.new_empty(k2))
+    else:
+        stats = tuple(x.new_empty(0) for _ in range(4))
+    return (x.new_empty(n, k2), *saved, *stats)
 
 
 @torch.library.custom_op("mambarec_fast::dream_matrix_backward", mutates_args=())
@@ -241,6 +245,7 @@ class DREAM(ReferenceDREAM):
         super().__init__(dim_in, dim_out, rate, bn_mom)
         self.allow_tf32 = False
         self._last_batch_stats: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self._pack_cache: tuple[tuple, tuple[Tensor, ...]] | None = None
 
     # The five branch BatchNorms in concat order, then conv_cat's.
     def _branch_convs(self):
@@ -279,20 +284,10 @@ class DREAM(ReferenceDREAM):
                 f"DREAM in train mode needs more than 1 row for its BatchNorm batch statistics, "
                 f"got input shape {tuple(x.shape)}"
             )
-        convs, bns, cat_conv, cat_bn = self._branch_convs(), self._branch_bns(), self.conv_cat[0], self.conv_cat[1]
-        w1 = torch.cat([_centre_tap(conv.weight) for conv in convs])
-        b1 = torch.cat([conv.bias for conv in convs])
-        g1 = torch.cat([bn.weight for bn in bns])
-        be1 = torch.cat([bn.bias for bn in bns])
-        rm1 = torch.cat([bn.running_mean for bn in bns])
-        rv1 = torch.cat([bn.running_var for bn in bns])
-        wcs = torch.cat((self.fusion.channel.fc.weight.flatten(1), self.fusion.spatial.Conv1x1.weight.flatten(1)))
-        params = (x, w1, b1, g1, be1, wcs, cat_conv.weight, cat_conv.bias, cat_bn.weight, cat_bn.bias)
-        need_backward = torch.is_grad_enabled() and any(t.requires_grad for t in params)
+        need_backward = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in self.parameters()))
         y, *_saved, mean1, var1, mean2, var2 = dream_matrix_forward(
-            x, w1, b1, g1, be1, rm1, rv1, wcs, cat_conv.weight.flatten(1), cat_conv.bias, cat_bn.weight,
-            cat_bn.bias, cat_bn.running_mean, cat_bn.running_var, self.training, cat_bn.eps, need_backward,
-            self.allow_tf32,
+            x, *self._packed_parameters(cacheable=not need_backward), self.training, self.conv_cat[1].eps,
+            need_backward, self.allow_tf32,
         )
         if self.training:
             n = x.shape[0]
@@ -300,6 +295,29 @@ class DREAM(ReferenceDREAM):
             self._last_batch_stats = (mean1.detach(), var1.detach() * unbias, mean2.detach(), var2.detach() * unbias)
             self.repeat_running_stats_update()
         return y
+
+    def _packed_parameters(self, cacheable: bool) -> tuple[Tensor, ...]:
+        """`(w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2)` as `dream_matrix_forward`
+        takes them, built with differentiable torch ops. Without autograd the result is cached
+        until a source tensor moves or changes (its version counter), so that an eval-mode
+        forward is the op alone (one kernel launch on CUDA)."""
+        convs, bns, cat_conv, cat_bn = self._branch_convs(), self._branch_bns(), self.conv_cat[0], self.conv_cat[1]
+        sources = (*self.parameters(), *self.buffers())
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) if cacheable else None
+        if key is not None and self._pack_cache is not None and self._pack_cache[0] == key:
+            return self._pack_cache[1]
+        packed = (
+            torch.cat([_centre_tap(conv.weight) for conv in convs]),
+            torch.cat([conv.bias for conv in convs]),
+            torch.cat([bn.weight for bn in bns]),
+            torch.cat([bn.bias for bn in bns]),
+            torch.cat([bn.running_mean for bn in bns]),
+            torch.cat([bn.running_var for bn in bns]),
+            torch.cat((self.fusion.channel.fc.weight.flatten(1), self.fusion.spatial.Conv1x1.weight.flatten(1))),
+            cat_conv.weight.flatten(1), cat_conv.bias, cat_bn.weight, cat_bn.bias, cat_bn.running_mean, cat_bn.running_var,
+        )
+        self._pack_cache = (key, packed) if key is not None else None
+        return packed
 
     def _forward_reference(self, x: Tensor) -> Tensor:
         """The reference computation; in train mode it also records each BatchNorm's batch statistics."""
