@@ -4,9 +4,15 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mambarec_fast-installed
-SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*.h)
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh csrc/*/*.h csrc/*.h)
 
-.PHONY: test bench venv clean
+.PHONY: test bench venv clean cuda-check
+
+# Compile check of the torch-free CUDA kernels with the machine's nvcc (no CUDA torch needed), with
+# ptxas's register/spill report; skipped with a message when nvcc is absent.
+NVCC      ?= nvcc
+CUDA_ARCH ?= sm_90
+CUDA_SRCS := $(wildcard csrc/cuda/*.cu)
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -18,7 +24,23 @@ $(STAMP): $(PY) $(SOURCES)
 
 venv: $(STAMP)
 
-test: $(STAMP)
+cuda-check:
+	@if command -v $(NVCC) >/dev/null 2>&1; then \
+		mkdir -p build/cuda-check; \
+		for src in $(CUDA_SRCS); do \
+			out=build/cuda-check/$$(basename $$src .cu); \
+			echo "$(NVCC) -arch=$(CUDA_ARCH) -Xptxas -v $$src"; \
+			if $(NVCC) -std=c++17 -O3 -arch=$(CUDA_ARCH) -Xptxas -v -c $$src -o $$out.o >$$out.log 2>&1; then \
+				grep -E "warning|Compiling entry|registers|spill" $$out.log | c++filt | sed -e 's/^ptxas info *: //'; \
+			else \
+				cat $$out.log; exit 1; \
+			fi; \
+		done; \
+	else \
+		echo "cuda-check: $(NVCC) not found, skipping the CUDA compile check"; \
+	fi
+
+test: $(STAMP) cuda-check
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
