@@ -26,6 +26,8 @@ from ._compat import INTERPRET, tl, triton
 # Rows per program: small under the interpreter so that tests cross several row blocks.
 BLOCK_N = 16 if INTERPRET else 64
 BLOCK_COLS = 64
+# Row blocks merged per step by the reductions of per-block partials.
+PARTIAL_ROWS = 4 if INTERPRET else 32
 
 
 def _pad(n: int) -> int:
@@ -58,21 +60,30 @@ def _branch_gemm_stats(x_ptr, w1_ptr, b1_ptr, z1_ptr, pmean_ptr, pm2_ptr, N, C, 
 
 
 @triton.jit
-def _combine_stats(pmean_ptr, pm2_ptr, mean_ptr, var_ptr, N, M, num_blocks, BN: tl.constexpr, BLOCK: tl.constexpr):
-    """Merge per-block (mean, M2) of M columns in block order (Chan et al.): mean, biased var."""
+def _combine_stats(pmean_ptr, pm2_ptr, mean_ptr, var_ptr, N, M, num_blocks,
+                   BN: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Merge per-block (mean, M2) of M columns into mean and biased var, deterministically: ROWS
+    blocks at a time with the exact grouped formula (mean = sum n_b mean_b / n,
+    M2 = sum M2_b + sum n_b (mean_b - mean)^2), the groups in order with Chan's pairwise rule."""
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < M
-    mean = tl.load(pmean_ptr + cols, mask=cmask, other=0.0)
-    m2 = tl.load(pm2_ptr + cols, mask=cmask, other=0.0)
-    count = tl.minimum(N, BN).to(tl.float32)
-    for b in range(1, num_blocks):
-        nb = tl.minimum(N - b * BN, BN).to(tl.float32)
-        mean_b = tl.load(pmean_ptr + b * M + cols, mask=cmask, other=0.0)
-        m2_b = tl.load(pm2_ptr + b * M + cols, mask=cmask, other=0.0)
-        total = count + nb
-        delta = mean_b - mean
-        mean = mean + delta * (nb / total)
-        m2 = m2 + m2_b + delta * delta * (count * nb / total)
+    mean = tl.zeros([BLOCK], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK], dtype=tl.float32)
+    count = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, num_blocks, ROWS):
+        blk = start + tl.arange(0, ROWS)
+        nb = tl.maximum(tl.minimum(N - blk * BN, BN), 0).to(tl.float32)  # 0 past the last block
+        mask = (blk < num_blocks)[:, None] & cmask[None, :]
+        mean_b = tl.load(pmean_ptr + blk[:, None] * M + cols[None, :], mask=mask, other=0.0)
+        m2_b = tl.load(pm2_ptr + blk[:, None] * M + cols[None, :], mask=mask, other=0.0)
+        n_g = tl.sum(nb, axis=0)
+        mean_g = tl.sum(nb[:, None] * mean_b, axis=0) / n_g
+        dev = mean_b - mean_g[None, :]
+        m2_g = tl.sum(m2_b + nb[:, None] * dev * dev, axis=0)
+        total = count + n_g
+        delta = mean_g - mean
+        mean = mean + delta * (n_g / total)
+        m2 = m2 + m2_g + delta * delta * (count * n_g / total)
         count = total
     tl.store(mean_ptr + cols, mean, mask=cmask)
     tl.store(var_ptr + cols, m2 / count, mask=cmask)
@@ -182,13 +193,15 @@ def _bn_relu_bwd_sums(gy_ptr, y_ptr, z_ptr, mean_ptr, partial_ptr, N, K, BN: tl.
 
 
 @triton.jit
-def _sum_partials(partial_ptr, out_ptr, M, num_blocks, BLOCK: tl.constexpr):
-    """out[j] = sum_b partial[b, j], in block order (deterministic)."""
+def _sum_partials(partial_ptr, out_ptr, M, num_blocks, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """out[j] = sum_b partial[b, j], ROWS blocks at a time, in a fixed order (deterministic)."""
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < M
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for b in range(num_blocks):
-        acc += tl.load(partial_ptr + b * M + cols, mask=cmask, other=0.0)
+    for start in range(0, num_blocks, ROWS):
+        blk = start + tl.arange(0, ROWS)
+        mask = (blk < num_blocks)[:, None] & cmask[None, :]
+        acc += tl.sum(tl.load(partial_ptr + blk[:, None] * M + cols[None, :], mask=mask, other=0.0), axis=0)
     tl.store(out_ptr + cols, acc, mask=cmask)
 
 
@@ -292,14 +305,15 @@ def _precision(allow_tf32: bool) -> str:
 def _combined_stats(pmean, pm2, n, width):
     mean = pmean.new_empty(width)
     var = pmean.new_empty(width)
-    _combine_stats[(triton.cdiv(width, BLOCK_COLS),)](pmean, pm2, mean, var, n, width, pmean.shape[0], BN=BLOCK_N, BLOCK=BLOCK_COLS)
+    _combine_stats[(triton.cdiv(width, BLOCK_COLS),)](pmean, pm2, mean, var, n, width, pmean.shape[0], BN=BLOCK_N,
+                                                       ROWS=PARTIAL_ROWS, BLOCK=BLOCK_COLS)
     return mean, var
 
 
 def _summed(partial):
     out = partial.new_empty(partial.shape[1:])
     width = out.numel()
-    _sum_partials[(triton.cdiv(width, BLOCK_COLS),)](partial, out, width, partial.shape[0], BLOCK=BLOCK_COLS)
+    _sum_partials[(triton.cdiv(width, BLOCK_COLS),)](partial, out, width, partial.shape[0], ROWS=PARTIAL_ROWS, BLOCK=BLOCK_COLS)
     return out
 
 

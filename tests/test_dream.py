@@ -275,11 +275,12 @@ def test_state_dict_round_trip_both_ways():
         assert torch.equal(back.state_dict()[key], value)
 
 
-def test_float32_close_to_float64_reference():
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+def test_low_precision_close_to_float64_reference(dtype, tol):
     ref, fast = pair(seed=10)
-    fast = fast.float()
+    fast = fast.to(dtype)
     x = torch.randn(300, 6, dtype=torch.float64)
-    assert rel_err(fast(x.float()), ref(x)) < 1e-5
+    assert rel_err(fast(x.to(dtype)), ref(x)) < tol
 
 
 def test_errors():
