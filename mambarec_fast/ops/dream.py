@@ -45,7 +45,10 @@ def _bn_scale_shift(z: Tensor, training: bool, running_mean: Tensor, running_var
     BatchNorm does). Returns `scale, shift, mean, var`: the statistics used (batch, biased
     variance, in train mode; copies of the running ones in eval mode)."""
     if training:
-        var, mean = torch.var_mean(z, dim=0, correction=0)
+        # Two-pass (mean, then squared deviations): stable, and several times faster on the CPU
+        # than torch.var_mean's column-wise reduction over a row-major matrix.
+        mean = z.mean(0)
+        var = (z - mean).square_().mean(0)
     else:
         mean, var = running_mean.clone(), running_var.clone()
     scale = gamma * torch.rsqrt(var + eps)
@@ -87,24 +90,26 @@ def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
 def _bn_relu_backward(gy: Tensor, y: Tensor, z: Tensor, gamma: Tensor, mean: Tensor, var: Tensor, training: bool, eps: float):
     """Backward of `y = ReLU(gamma * zhat + beta)`, `zhat = (z - mean) * rstd`, `rstd = (var + eps)^-1/2`.
 
-    With dv = dy * [y > 0]: dbeta = sum(dv), dgamma = sum(dv * zhat) = rstd * (sum(dv * z) - mean * dbeta).
+    With dv = dy * [y > 0]: dbeta = sum(dv), dgamma = rstd * sum(dv * (z - mean)).
     Train mode (batch statistics over n rows):
         dz = gamma * rstd * (dv - dbeta / n - zhat * dgamma / n),
-    written as one affine map of (dv, z); eval mode (running statistics are constants):
+    written as one affine map of (dv, z - mean); eval mode (running statistics are constants):
         dz = gamma * rstd * dv.
     Returns dz, dgamma, dbeta.
     """
     dv = torch.ops.aten.threshold_backward(gy, y, 0)
     rstd = torch.rsqrt(var + eps)
+    zc = z - mean
+    work = dv * zc
     dbeta = dv.sum(0)
-    dgamma = rstd * (torch.einsum("nk,nk->k", dv, z) - mean * dbeta)
+    dgamma = rstd * work.sum(0)
     scale = gamma * rstd
     if not training:
-        return dv * scale, dgamma, dbeta
+        return dv.mul_(scale), dgamma, dbeta
     n = dv.shape[0]
-    z_coef = -scale * rstd * dgamma / n
-    const = -scale * dbeta / n - mean * z_coef
-    return torch.addcmul(const, z, z_coef).addcmul_(dv, scale), dgamma, dbeta
+    # reuse the work buffer: dz = scale * dv + zc * (-scale rstd dgamma / n) - scale dbeta / n
+    torch.addcmul(-scale * dbeta / n, zc, -scale * rstd * dgamma / n, out=work)
+    return work.addcmul_(dv, scale), dgamma, dbeta
 
 
 def _backward_torch(gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps):
@@ -113,7 +118,7 @@ def _backward_torch(gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1
     db2 = dz2.sum(0)
     # p = (u m) u with m = max(c, s) per row: dp/du = 2 m u, dm = sum_j dp_j u_j^2.
     q = (dz2 @ w2).mul_(u)
-    dm = torch.einsum("nk,nk->n", q, u)
+    dm = (q * u).sum(1)
     # torch.maximum's rule: ties split half/half; ReLU's backward masks where its output is 0.
     c, s = cs[:, 0], cs[:, 1]
     to_c = (c > s).to(dm.dtype) + 0.5 * (c == s).to(dm.dtype)
