@@ -405,3 +405,28 @@ def test_torch_compile_fullgraph_keeps_the_op():
     x = torch.randn(20, 6, dtype=torch.float64)
     with torch.no_grad():
         assert rel_err(compiled(x), ref(x)) < 1e-10
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("training", [True, False])
+def test_cuda_module_fp32_matches_float64_reference(training):
+    """The Triton path end to end (fp32, ieee dots) against the float64 reference on the CPU."""
+    ref, fast = pair(dim_in=64, dim_out=64, seed=15)
+    fast = fast.float().cuda().train(training)
+    ref.train(training)
+    x = torch.randn(1000, 64, dtype=torch.float64)
+    xr = x.clone().requires_grad_()
+    xf = x.float().cuda().requires_grad_()
+    yr, yf = ref(xr), fast(xf)
+    assert rel_err(yf.cpu(), yr) < 1e-5
+    grad = torch.randn_like(yr)
+    yr.backward(grad)
+    yf.backward(grad.float().cuda())
+    assert rel_err(xf.grad.cpu(), xr.grad, floor=1e-3) < 1e-4
+    for (name, pr), (_, pf) in zip(ref.named_parameters(), fast.named_parameters()):
+        assert rel_err(pf.grad.cpu(), pr.grad, floor=1e-3) < 1e-4, name
+    for (name, br), (_, bf) in zip(ref.named_buffers(), fast.named_buffers()):
+        assert (torch.equal(br, bf.cpu()) if br.dtype == torch.long else rel_err(bf.cpu(), br) < 1e-5), name
+    if not training:
+        with torch.no_grad():
+            assert rel_err(fast(xf.detach()).cpu(), ref(x)) < 1e-5
