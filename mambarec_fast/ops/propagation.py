@@ -15,6 +15,7 @@ when symmetric). The graph's values get no gradient.
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import torch
@@ -76,8 +77,9 @@ def spmm(graph: Graph, x: torch.Tensor) -> torch.Tensor:
 def propagate(graph: Graph, x: torch.Tensor, layers: int) -> torch.Tensor:
     """`mean(x, A x, ..., A^L x)` for a square graph `[n, n]` and x `[n, d]`, L = `layers` >= 0,
     computed in Horner form without storing the layers (like `mambarec_fast.reference.propagate`)."""
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+    if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 0:
         raise ValueError(f"layers must be an int >= 0, got {layers!r}")
+    layers = int(layers)
     _check(graph, x, square=True)
     if _use_kernels(x.device):
         return torch.ops.mambarec_fast.propagate_csr(
