@@ -265,6 +265,10 @@ def test_double_running_stat_update_equals_reference_called_twice(shape):
         for (name, br), (_, bf) in zip(ref.named_buffers(), module.named_buffers()):
             assert (torch.equal(br, bf) if br.dtype == torch.long else rel_err(bf, br) < 1e-12), name
     assert ref.branch1[1].num_batches_tracked.item() == 4
+    fast.eval()
+    before = {k: v.clone() for k, v in fast.state_dict().items()}
+    fast(x, running_stat_updates=2)
+    assert all(torch.equal(v, before[k]) for k, v in fast.state_dict().items())
 
 
 def test_state_dict_round_trip_both_ways():

@@ -279,8 +279,9 @@ class DREAM(ReferenceDREAM):
             y = self._forward_matrix(x)
         else:
             y = self._forward_reference(x)
-        for _ in range(running_stat_updates - 1):
-            self.repeat_running_stats_update()
+        if self.training:  # an eval-mode call updates nothing, however often it is repeated
+            for _ in range(running_stat_updates - 1):
+                self.repeat_running_stats_update()
         return y
 
     def _forward_matrix(self, x: Tensor) -> Tensor:
