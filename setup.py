@@ -34,6 +34,9 @@ def _with_cuda() -> bool:
     if _flag("FORCE_ONLY_CPU"):
         return False
     if _flag("FORCE_CUDA"):
+        if torch.version.cuda is None or CUDA_HOME is None:
+            raise RuntimeError(f"FORCE_CUDA=1 needs a torch built with CUDA (this one: {torch.__version__}) and a "
+                               "CUDA toolkit (set CUDA_HOME); unset it for a CPU-only build")  # fmt: skip
         return True
     return torch.version.cuda is not None and torch.cuda.is_available() and CUDA_HOME is not None
 
