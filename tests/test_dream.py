@@ -434,3 +434,16 @@ def test_cuda_module_fp32_matches_float64_reference(training):
     if not training:
         with torch.no_grad():
             assert rel_err(fast(xf.detach()).cpu(), ref(x)) < 1e-5
+
+
+def test_cumulative_average_batchnorm_momentum_none():
+    ref = randomize(ReferenceDREAM(6, 4, bn_mom=None).double(), 16)
+    fast = DREAM(6, 4, bn_mom=None).double()
+    fast.load_state_dict(ref.state_dict())
+    for _ in range(2):
+        x = torch.randn(15, 6, dtype=torch.float64)
+        ref(x)
+        ref(x)
+        fast(x, running_stat_updates=2)
+    for (name, br), (_, bf) in zip(ref.named_buffers(), fast.named_buffers()):
+        assert (torch.equal(br, bf) if br.dtype == torch.long else rel_err(bf, br) < 1e-12), name
