@@ -2,8 +2,11 @@
 //
 // A group of G lanes (G a power of two <= 32) owns one output row; each lane owns VEC-wide packs
 // of d (float4 when d % 4 == 0, so d = 64 is one 16-lane group per row, two rows per warp, one
-// 16-byte load per lane per entry). Entries are read UNROLL at a time so that several gathers are
-// in flight per lane. Precision: fp32 and fp64 with FMA, accumulated in the input dtype.
+// 16-byte load per lane per entry). Entries are read kUnroll at a time so that several gathers
+// are in flight per lane. Precision: fp32 and fp64 with FMA, accumulated in the input dtype.
+// Limitation: a row's entries are summed by its one group, so a very long row (thousands of
+// entries, e.g. the most popular item) takes time proportional to its degree; splitting such rows
+// across blocks with a fixed-order second pass would keep determinism (not done yet).
 #include "propagation.cuh"
 
 #include <climits>
