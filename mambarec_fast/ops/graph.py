@@ -137,7 +137,8 @@ class Graph:
     def from_torch(cls, matrix: torch.Tensor, *, symmetric: bool = False, dtype: torch.dtype | None = None) -> "Graph":
         """Graph of a torch sparse COO (coalesced or not) or CSR matrix, on the matrix's device."""
         if not isinstance(matrix, torch.Tensor) or matrix.layout not in (torch.sparse_coo, torch.sparse_csr):
-            raise TypeError(f"expected a sparse COO or CSR tensor, got {getattr(matrix, 'layout', type(matrix).__name__)}")
+            got = getattr(matrix, "layout", type(matrix).__name__)
+            raise TypeError(f"expected a sparse COO or CSR tensor, got {got}")
         if matrix.dim() != 2 or matrix.dense_dim() != 0:
             raise ValueError(f"expected a 2-D sparse matrix with scalar values, got shape {tuple(matrix.shape)}")
         coo = matrix.to_sparse_coo() if matrix.layout == torch.sparse_csr else matrix
@@ -177,22 +178,27 @@ class Graph:
         """`A^T` as a Graph (no copy: the cached transpose and the matrix swap roles)."""
         if self.symmetric:
             return self
-        return Graph(self.rowptr_t, self.col_t, self.val_t, self.shape[::-1], transpose=(self.rowptr, self.col, self.val))
+        original = (self.rowptr, self.col, self.val)
+        return Graph(self.rowptr_t, self.col_t, self.val_t, self.shape[::-1], transpose=original)
 
     def to_torch_sparse(self) -> torch.Tensor:
         """The matrix as a coalesced torch sparse COO tensor (int64 indices), on the graph's device."""
         rows = torch.repeat_interleave(torch.arange(self.shape[0], device=self.device), self.rowptr.diff().long())
         indices = torch.stack([rows, self.col.long()])
-        return torch.sparse_coo_tensor(indices, self.val, self.shape, is_coalesced=True, check_invariants=False)
+        return torch.sparse_coo_tensor(indices, self.val, self.shape, is_coalesced=True,
+                                       check_invariants=False)  # fmt: skip
 
     def torch_csr(self, transpose: bool = False) -> torch.Tensor:
         """`A` (or `A^T`) as a torch sparse CSR tensor, built once and cached (the fallback path)."""
         if transpose not in self._torch_csr_cache:
-            rowptr, col, val = (self.rowptr_t, self.col_t, self.val_t) if transpose else (self.rowptr, self.col, self.val)
-            shape = self.shape[::-1] if transpose else self.shape
+            if transpose:
+                rowptr, col, val, shape = self.rowptr_t, self.col_t, self.val_t, self.shape[::-1]
+            else:
+                rowptr, col, val, shape = self.rowptr, self.col, self.val, self.shape
             with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                self._torch_csr_cache[transpose] = torch.sparse_csr_tensor(rowptr, col, val, shape, check_invariants=False)
+                matrix = torch.sparse_csr_tensor(rowptr, col, val, shape, check_invariants=False)
+            self._torch_csr_cache[transpose] = matrix
         return self._torch_csr_cache[transpose]
 
     def __repr__(self) -> str:
