@@ -11,14 +11,15 @@ Both kernels work on raw rows and normalise in registers (`â = a / max(‖a‖,
   the partials are summed in a fixed order (no atomics): deterministic.
 * `mmd_backward`: FlashAttention-style recomputation. One program per row block of `x` (or `y`)
   and column split walks the column blocks of both sets, recomputes `W = Σ_s k_s/σ_s²` tile by
-  tile and accumulates `acc = Σ_j c·W·b̂_j` (a dot product) and `r = Σ_j c·W`, then writes
-  `(acc − r·â)` through the normalisation's Jacobian, times the upstream gradient. With more
-  than one column split the `[split, rows, d]` partials are summed in a fixed order.
+  tile (never stored) and accumulates `acc = Σ_j c·W·b̂_j` (a dot product) and `r = Σ_j c·W`,
+  then writes `(acc − r·â)` through the normalisation's Jacobian, times the upstream gradient.
+  With more than one column split the `[split, rows, d]` partials are summed in a fixed order.
 
-Precision on GPU: the Gram tiles and `W·b̂` use `tl.dot` with `input_precision="ieee"`, so fp32
-inputs are multiplied in true fp32 (FMA, no TF32); fp16/bf16 inputs use tensor cores with fp32
-accumulation, and `W` is rounded to the input dtype before `W·b̂` (as FlashAttention rounds `P`).
-Norms, exponentials and all sums are fp32; the final sum of the partials is fp64.
+Precision on GPU: for fp32 inputs both `tl.dot`s (the Gram tiles and `W·b̂`) take
+`input_precision="ieee"`: true fp32 products (FMA, no TF32). fp16/bf16 inputs use tensor cores
+with fp32 accumulation; `W` (scaled into [0, 1]) and `b̂` are rounded to the input dtype before
+`W·b̂`, as FlashAttention rounds `P`. Norms, exponentials and all sums are fp32; the final sum of
+the forward's partials is fp64.
 """
 from __future__ import annotations
 
@@ -70,14 +71,16 @@ def _sq_dist(a, b, inv_a, inv_b, norm_a, norm_b, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _gauss(d2, inv_s2_ptr, NUM_SIGMA: tl.constexpr, GRAD_WEIGHTS: tl.constexpr):
-    """`Σ_s exp(−d2/(2σ_s²))`, each term times `1/σ_s²` when GRAD_WEIGHTS (`∂k/∂a = W(b − a)`)."""
+def _gauss(d2, inv_s2_ptr, w_scale, NUM_SIGMA: tl.constexpr, GRAD_WEIGHTS: tl.constexpr):
+    """`Σ_s exp(−d2/(2σ_s²))`; with GRAD_WEIGHTS each term times `(1/σ_s²)/w_scale`: `W/w_scale`
+    (`∂k/∂a = W(b − a)`), which stays in [0, 1] for `w_scale = Σ_s 1/σ_s²` and so survives
+    rounding to fp16."""
     k = tl.zeros_like(d2)
     for s in tl.static_range(NUM_SIGMA):
         inv = tl.load(inv_s2_ptr + s)
         term = tl.exp(d2 * (-0.5 * inv))
         if GRAD_WEIGHTS:
-            term = term * inv
+            term = term * (inv / w_scale)
         k += term
     return k
 
@@ -110,7 +113,7 @@ def _mmd_tile_sum_kernel(
     b = _load_rows(b_ptr, rows_b, nb, d, stride_bm, stride_bd, BLOCK_D)
     inv_a, norm_a = _row_scale(a, eps, NORMALIZE)
     inv_b, norm_b = _row_scale(b, eps, NORMALIZE)
-    k = _gauss(_sq_dist(a, b, inv_a, inv_b, norm_a, norm_b, PRECISION), inv_s2_ptr, NUM_SIGMA, False)
+    k = _gauss(_sq_dist(a, b, inv_a, inv_b, norm_a, norm_b, PRECISION), inv_s2_ptr, 1.0, NUM_SIGMA, False)
     valid = (rows_a[:, None] < na) & (rows_b[None, :] < nb)
     if DROP_DIAG:
         valid = valid & (rows_a[:, None] != rows_b[None, :])
@@ -122,50 +125,62 @@ def _mmd_tile_sum_kernel(
 
 @triton.jit
 def _accumulate(
-    acc, r, a, inv_a, norm_a, b_ptr, nb, d, stride_bm, stride_bd, coef, eps, inv_s2_ptr, first, step,
-    NUM_SIGMA: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+    acc, r, a, rows_a, inv_a, norm_a, b_ptr, nb, d, stride_bm, stride_bd, eps, inv_s2_ptr, w_scale, first, step,
+    NUM_SIGMA: tl.constexpr, NORMALIZE: tl.constexpr, SAME: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """Adds `Σ_j coef·W(â_i, b̂_j)·b̂_j` to `acc` and `Σ_j coef·W(â_i, b̂_j)` to `r`, over the column
-    blocks `first, first + step, …` of `b`."""
+    """Adds `Σ_j W(â_i, b̂_j)·b̂_j / w_scale` to `acc` and `Σ_j W(â_i, b̂_j) / w_scale` to `r`, over
+    the column blocks `first, first + step, …` of `b`. SAME (b is a): the `j = i` terms are left
+    out: they add `W_ii(â_i − â_i) = 0`, but W_ii is the largest weight, and in fp16/bf16 the
+    rounding of `b̂_i` against the fp32 `â_i` would otherwise be the largest error."""
     for jb in range(first, tl.cdiv(nb, BLOCK_N), step):
         rows_b = jb * BLOCK_N + tl.arange(0, BLOCK_N)
         b = _load_rows(b_ptr, rows_b, nb, d, stride_bm, stride_bd, BLOCK_D)
         inv_b, norm_b = _row_scale(b, eps, NORMALIZE)
-        w = _gauss(_sq_dist(a, b, inv_a, inv_b, norm_a, norm_b, PRECISION), inv_s2_ptr, NUM_SIGMA, True)
-        w = tl.where(rows_b[None, :] < nb, w * coef, 0.0)
+        w = _gauss(_sq_dist(a, b, inv_a, inv_b, norm_a, norm_b, PRECISION), inv_s2_ptr, w_scale, NUM_SIGMA, True)
+        keep = rows_b[None, :] < nb
+        if SAME:
+            keep = keep & (rows_b[None, :] != rows_a[:, None])
+        w = tl.where(keep, w, 0.0)
         r += tl.sum(w, 1)
-        # Σ_j w_ij b̂_j = Σ_j (w_ij / max(‖b_j‖, eps)) b_j: fold the normalisation into w.
-        acc = tl.dot((w * inv_b[None, :]).to(b.dtype), b, acc, input_precision=PRECISION)
+        b_hat = (b.to(tl.float32) * inv_b[:, None]).to(b.dtype)
+        acc = tl.dot(w.to(b.dtype), b_hat, acc, input_precision=PRECISION)
     return acc, r
 
 
 @triton.autotune(configs=_configs([{"BLOCK_N": 32}, {"BLOCK_N": 64}], {"BLOCK_N": 16}), key=["d"])
 @triton.jit
 def _mmd_row_grad_kernel(
-    a_ptr, b1_ptr, b2_ptr, inv_s2_ptr, grad_ptr, out_ptr,
-    na, n1, n2, d, stride_am, stride_ad, stride_1m, stride_1d, stride_2m, stride_2d,
-    c1, c2, eps,
+    a_ptr, b_ptr, inv_s2_ptr, grad_ptr, out_ptr,
+    na, nb, d, stride_am, stride_ad, stride_bm, stride_bd,
+    c_aa, c_ab, eps,
     NUM_SIGMA: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """`out[split, i] = grad · J_i(acc_i − r_i·â_i)` for the rows `i` of this program, where
-    `acc, r` gather `c1·W(â, b̂1)` and `c2·W(â, b̂2)` over this split's column blocks and `J_i` is the
-    normalisation's Jacobian: `(g − â⟨â, g⟩)/‖a‖` where `‖a‖ ≥ eps`, `g/eps` below (F.normalize)."""
+    `acc = Σ_j c_aa·W(â_i, â_j)·â_j + Σ_j c_ab·W(â_i, b̂_j)·b̂_j` and `r` the same without the
+    trailing `â_j`, `b̂_j`, over this split's column blocks, and `J_i` is the normalisation's
+    Jacobian: `(g − â⟨â, g⟩)/‖a‖` where `‖a‖ ≥ eps`, `g/eps` below (as F.normalize). c_ab ≠ 0."""
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     n_split = tl.num_programs(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     a = _load_rows(a_ptr, rows, na, d, stride_am, stride_ad, BLOCK_D)
     inv_a, norm_a = _row_scale(a, eps, NORMALIZE)
+    w_scale = tl.load(inv_s2_ptr)  # Σ_s 1/σ_s²
+    for s in tl.static_range(1, NUM_SIGMA):
+        w_scale += tl.load(inv_s2_ptr + s)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     r = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc, r = _accumulate(acc, r, a, inv_a, norm_a, b1_ptr, n1, d, stride_1m, stride_1d, c1, eps, inv_s2_ptr,
-                         split, n_split, NUM_SIGMA, NORMALIZE, PRECISION, BLOCK_N, BLOCK_D)  # fmt: skip
-    acc, r = _accumulate(acc, r, a, inv_a, norm_a, b2_ptr, n2, d, stride_2m, stride_2d, c2, eps, inv_s2_ptr,
-                         split, n_split, NUM_SIGMA, NORMALIZE, PRECISION, BLOCK_N, BLOCK_D)  # fmt: skip
+    acc, r = _accumulate(acc, r, a, rows, inv_a, norm_a, a_ptr, na, d, stride_am, stride_ad, eps, inv_s2_ptr, w_scale,
+                         split, n_split, NUM_SIGMA, NORMALIZE, True, PRECISION, BLOCK_N, BLOCK_D)  # fmt: skip
+    # c_aa·S_aa + c_ab·S_ab = c_ab·((c_aa/c_ab)·S_aa + S_ab): one accumulator, W kept in [0, 1].
+    acc = acc * (c_aa / c_ab)
+    r = r * (c_aa / c_ab)
+    acc, r = _accumulate(acc, r, a, rows, inv_a, norm_a, b_ptr, nb, d, stride_bm, stride_bd, eps, inv_s2_ptr, w_scale,
+                         split, n_split, NUM_SIGMA, NORMALIZE, False, PRECISION, BLOCK_N, BLOCK_D)  # fmt: skip
     a_hat = a.to(tl.float32) * inv_a[:, None]
-    g = acc - r[:, None] * a_hat
+    g = (acc - r[:, None] * a_hat) * (c_ab * w_scale)
     if NORMALIZE:
         proj = tl.sum(a_hat * g, 1)
         g = tl.where((norm_a >= eps)[:, None], g - a_hat * proj[:, None], g) * inv_a[:, None]
@@ -185,6 +200,12 @@ def _check(x: torch.Tensor, y: torch.Tensor, inv_sigma2: torch.Tensor) -> None:
         raise ValueError(f"mmd kernels take non-empty x [n, d] and y [m, d]; got {tuple(x.shape)} and {tuple(y.shape)}")
     if inv_sigma2.dtype != torch.float32 or inv_sigma2.dim() != 1 or inv_sigma2.device != x.device:
         raise ValueError("mmd kernels take inv_sigma2 as a 1-D float32 tensor (1/σ²) on the inputs' device")
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """`tl.dot`'s input precision: true fp32 for fp32 operands (no TF32); fp16/bf16 operands take
+    Triton's default, which concerns fp32 operands only."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _block_d(d: int) -> int:
@@ -220,7 +241,7 @@ def mmd_forward(
             a.shape[0], b.shape[0], a.shape[1], a.stride(0), a.stride(1), b.stride(0), b.stride(1),
             scale, eps,
             NUM_SIGMA=inv_sigma2.numel(), NORMALIZE=normalize, SYMMETRIC=symmetric, DROP_DIAG=drop_diag and symmetric,
-            PRECISION="ieee", BLOCK=block, BLOCK_D=_block_d(a.shape[1]),
+            PRECISION=_precision(x.dtype), BLOCK=block, BLOCK_D=_block_d(a.shape[1]),
         )  # fmt: skip
         start += programs
     return partials.sum(dtype=torch.float64)
@@ -253,15 +274,14 @@ def mmd_backward(
     _check(x, y, inv_sigma2)
     block_m = block_m or _default_block()
     grads = []
-    for a, b1, c1, b2 in ((x, x, 2.0 * w_xx, y), (y, y, 2.0 * w_yy, x)):
-        n_split = split or _default_split(a.shape[0], a.shape[0] + b2.shape[0], block_m, a.device)
+    for a, b, c_aa in ((x, y, 2.0 * w_xx), (y, x, 2.0 * w_yy)):
+        n_split = split or _default_split(a.shape[0], a.shape[0] + b.shape[0], block_m, a.device)
         out = torch.empty((n_split, a.shape[0], a.shape[1]), dtype=torch.float32, device=a.device)
         _mmd_row_grad_kernel[(triton.cdiv(a.shape[0], block_m), n_split)](
-            a, b1, b2, inv_sigma2, grad, out,
-            a.shape[0], b1.shape[0], b2.shape[0], a.shape[1],
-            a.stride(0), a.stride(1), b1.stride(0), b1.stride(1), b2.stride(0), b2.stride(1),
-            c1, w_xy, eps,
-            NUM_SIGMA=inv_sigma2.numel(), NORMALIZE=normalize, PRECISION="ieee",
+            a, b, inv_sigma2, grad, out,
+            a.shape[0], b.shape[0], a.shape[1], a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+            c_aa, w_xy, eps,
+            NUM_SIGMA=inv_sigma2.numel(), NORMALIZE=normalize, PRECISION=_precision(x.dtype),
             BLOCK_M=block_m, BLOCK_D=_block_d(a.shape[1]),
         )  # fmt: skip
         grads.append((out[0] if n_split == 1 else out.sum(0)).to(a.dtype))

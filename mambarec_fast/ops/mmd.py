@@ -35,8 +35,9 @@ from torch import Tensor, nn
 EPS = 1e-12
 #: Largest feature size the Triton kernels take (they hold one `[rows, d]` tile in registers).
 TRITON_MAX_D = 256
-#: Elements of one `[rows, cols]` block of the blocked path: bounds its extra memory (4 MiB in fp32).
-BLOCK_ELEMENTS = 1 << 20
+#: Side of the blocked path's square tiles: its extra memory is a few `[TILE, TILE]` blocks (1 MiB
+#: each in fp32), whatever n and m; 512 keeps each matmul large enough to run near the CPU's peak.
+TILE = 512
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -51,7 +52,7 @@ def mmd(x: Tensor, y: Tensor, sigma: float | Sequence[float] = 1.0, *, normalize
     `unbiased`: the U-statistic (diagonal terms of the xx and yy sums dropped; needs n, m ≥ 2).
     Inputs fp16, bf16, fp32 or fp64 (same dtype and device); accumulation in fp32 or better.
     Returns a 0-dim tensor of the input dtype; differentiable in `x` and `y`.
-    Memory O((n + m)·d) on CUDA, O((n + m)·d + BLOCK_ELEMENTS) elsewhere.
+    Extra memory O((n + m)·d) on CUDA, O((n + m)·d + TILE²) elsewhere: never O(n·m).
     """
     sigmas = _check(x, y, sigma, unbiased)
     return torch.ops.mambarec_fast.mmd_fwd(x, y, sigmas, bool(normalize), bool(unbiased))
@@ -178,7 +179,7 @@ torch.library.register_autograd("mambarec_fast::mmd_fwd", _backward, setup_conte
 
 
 # ----------------------------------------------------------------------------------------------
-# Blocked path (CPU, and CUDA where Triton does not apply): row blocks of a Gram product
+# Blocked path (CPU, and CUDA where Triton does not apply): tiles of a Gram product
 # ----------------------------------------------------------------------------------------------
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -199,11 +200,12 @@ def _normalize_backward(g: Tensor, x_hat: Tensor, norms: Tensor) -> Tensor:
     return torch.where(live, g - x_hat * proj, g) / norms.clamp_min(EPS)[:, None]
 
 
-def _row_blocks(rows: int, cols: int):
-    """`(start, stop)` row ranges whose `[rows, cols]` blocks stay within BLOCK_ELEMENTS."""
-    step = max(1, BLOCK_ELEMENTS // max(cols, 1))
-    for start in range(0, rows, step):
-        yield start, min(start + step, rows)
+def _tiles(rows: int, cols: int, symmetric: bool):
+    """`(i, i_end, j, j_end)` of the `[TILE, TILE]` tiles covering a `[rows, cols]` matrix; only those
+    on or right of the diagonal when `symmetric` (the others mirror them)."""
+    for i in range(0, rows, TILE):
+        for j in range(i if symmetric else 0, cols, TILE):
+            yield i, min(i + TILE, rows), j, min(j + TILE, cols)
 
 
 class _GaussBlocks:
@@ -227,7 +229,7 @@ class _GaussBlocks:
     def block(self, left: Tensor, right: Tensor, grad_weights: bool) -> tuple[Tensor, float]:
         """`(k, f)` with `f·k` the kernel block (times `1/σ_s²` per term when `grad_weights`):
         a single bandwidth leaves its factor to the caller, to scale a small result instead."""
-        # ‖a − b‖² ≥ 0: clamp the rounding of the Gram form (identical rows give exactly 1).
+        # ‖a − b‖² ≥ 0: clamp the rounding of the Gram form, so that no kernel value exceeds 1.
         e = (left @ right.T).clamp_max_(0.0)
         weights = self.inv if grad_weights else [1.0] * len(self.inv)
         if len(self.rel) == 1:
@@ -239,29 +241,29 @@ class _GaussBlocks:
 
 
 def _blocked_forward(x: Tensor, y: Tensor, sigmas: list[float], weights, normalize: bool, unbiased: bool) -> Tensor:
-    """The loss as a 0-dim fp64 tensor; block sums in the compute dtype, their total in fp64."""
+    """The loss as a 0-dim fp64 tensor: tile sums in the compute dtype, their total in fp64."""
     gauss = _GaussBlocks(sigmas)
     lx, rx = gauss.factors(_normalized(x, normalize)[0])
     ly, ry = gauss.factors(_normalized(y, normalize)[0])
     w_xx, w_yy, w_xy = weights
     cross = lx.new_zeros((), dtype=torch.float64)
-    for i, j in _row_blocks(len(lx), len(ry)):
-        k, f = gauss.block(lx[i:j], ry, False)
+    for i, i_end, j, j_end in _tiles(len(lx), len(ry), symmetric=False):
+        k, f = gauss.block(lx[i:i_end], ry[j:j_end], False)
         cross += f * k.sum().double()
     return w_xx * _symmetric_sum(gauss, lx, rx, unbiased) + w_yy * _symmetric_sum(gauss, ly, ry, unbiased) + w_xy * cross
 
 
 def _symmetric_sum(gauss: _GaussBlocks, left: Tensor, right: Tensor, drop_diag: bool) -> Tensor:
-    """`Σ_ij k(a_i, a_j)` (i ≠ j when `drop_diag`) from the upper block triangle only (fp64, 0-dim)."""
+    """`Σ_ij k(a_i, a_j)` (i ≠ j when `drop_diag`) from the tiles on or right of the diagonal (fp64)."""
     total = left.new_zeros((), dtype=torch.float64)
-    for i, j in _row_blocks(len(left), len(left)):
-        k, f = gauss.block(left[i:j], right[i:], False)
-        diag_block = k[:, : j - i]
-        # Blocks right of the diagonal stand for their mirror images too.
-        part = 2.0 * k.sum().double() - diag_block.sum().double()
-        if drop_diag:
-            part -= diag_block.diagonal().sum().double()
-        total += f * part
+    for i, i_end, j, j_end in _tiles(len(left), len(left), symmetric=True):
+        k, f = gauss.block(left[i:i_end], right[j:j_end], False)
+        if i != j:  # stands for its mirror image too
+            total += 2.0 * f * k.sum().double()
+        elif drop_diag:
+            total += f * (k.sum().double() - k.diagonal().sum().double())
+        else:
+            total += f * k.sum().double()
     return total
 
 
@@ -278,10 +280,10 @@ def _blocked_backward(grad: Tensor, x: Tensor, y: Tensor, sigmas: list[float], w
     w_xx, w_yy, w_xy = weights
     _symmetric_grad(gauss, lx, rx, ext_x, 2.0 * w_xx, acc_x)
     _symmetric_grad(gauss, ly, ry, ext_y, 2.0 * w_yy, acc_y)
-    for i, j in _row_blocks(len(lx), len(ry)):
-        k, f = gauss.block(lx[i:j], ry, True)
-        acc_x[i:j].add_(k @ ext_y, alpha=f * w_xy)
-        acc_y.add_(k.T @ ext_x[i:j], alpha=f * w_xy)
+    for i, i_end, j, j_end in _tiles(len(lx), len(ry), symmetric=False):
+        k, f = gauss.block(lx[i:i_end], ry[j:j_end], True)
+        acc_x[i:i_end].add_(k @ ext_y[j:j_end], alpha=f * w_xy)
+        acc_y[j:j_end].add_(k.T @ ext_x[i:i_end], alpha=f * w_xy)
     g = grad.to(xh.dtype)
     gx = acc_x[:, :-1] - acc_x[:, -1:] * xh
     gy = acc_y[:, :-1] - acc_y[:, -1:] * yh
@@ -295,9 +297,10 @@ def _with_ones(a: Tensor) -> Tensor:
 
 
 def _symmetric_grad(gauss: _GaussBlocks, left: Tensor, right: Tensor, ext: Tensor, coef: float, acc: Tensor) -> None:
-    """Adds `coef·Σ_j W(a_p, a_j)·[a_j, 1]` to `acc[p]`, computing the symmetric `W` on the upper
-    block triangle only: a block right of the diagonal also serves, transposed, the rows below."""
-    for i, j in _row_blocks(len(left), len(left)):
-        k, f = gauss.block(left[i:j], right[i:], True)
-        acc[i:j].add_(k @ ext[i:], alpha=f * coef)
-        acc[j:].add_(k[:, j - i :].T @ ext[i:j], alpha=f * coef)
+    """Adds `coef·Σ_j W(a_p, a_j)·[a_j, 1]` to `acc[p]`, computing the symmetric `W` on the tiles on
+    or right of the diagonal only: an off-diagonal tile also serves, transposed, its mirror."""
+    for i, i_end, j, j_end in _tiles(len(left), len(left), symmetric=True):
+        k, f = gauss.block(left[i:i_end], right[j:j_end], True)
+        acc[i:i_end].add_(k @ ext[j:j_end], alpha=f * coef)
+        if i != j:
+            acc[j:j_end].add_(k.T @ ext[i:i_end], alpha=f * coef)
