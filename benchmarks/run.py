@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data", default="synthetic:baby", help="synthetic:PRESET or a dataset folder")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS), help="model implementations to time")
+    parser.add_argument("--impls", default="reference,fast", help="model implementations to time")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time torch.compile of the reference (default: on CUDA only; slow to compile on a CPU)")  # fmt: skip
     parser.add_argument("--ops", action=argparse.BooleanOptionalAction, default=True, help="run the per-op benchmarks too")

@@ -16,7 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "knn_k": 10,
     "graph_cache": None,
     # model
-    "impl": "reference",
+    "impl": "fast",
     "embedding_size": 64,
     "reduction_factor": 8,
     "n_ui_layers": 4,

@@ -21,6 +21,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import expand_grid
 from .data import MMRecDataset, TrainSampler, build_graphs, load_dataset
 from .evaluation import UserItems, evaluate_model
+from .model import MambaRec
 from .reference import MambaRec as ReferenceMambaRec
 
 #: Config keys passed straight to the model constructor.
@@ -30,7 +31,8 @@ MODEL_KEYS = (
     "dropout", "dream_rate", "bn_mom",
 )  # fmt: skip
 
-IMPLEMENTATIONS = {"reference": ReferenceMambaRec}
+#: `impl` values: the fast model (default) and the authors' computation.
+IMPLEMENTATIONS = {"fast": MambaRec, "reference": ReferenceMambaRec}
 
 
 @dataclass
