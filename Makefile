@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mambarec_fast-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh csrc/*/*.h csrc/*.h)
 
-.PHONY: test bench venv clean cuda-check
+.PHONY: test bench venv clean cuda-check wheel wheel-smoke
 
 # Compile check of the torch-free CUDA kernels with the machine's nvcc (no CUDA torch needed), with
 # ptxas's register/spill report; skipped with a message when nvcc is absent.
@@ -40,7 +40,23 @@ cuda-check:
 		echo "cuda-check: $(NVCC) not found, skipping the CUDA compile check"; \
 	fi
 
-test: $(STAMP) cuda-check
+# A wheel of the project with its compiled extension (CPU here; FORCE_CUDA=1 for CUDA kernels).
+wheel: $(STAMP)
+	rm -rf dist build/bdist* build/lib*
+	$(PY) -m pip wheel . --no-build-isolation --no-deps -w dist
+
+# Install the wheel into a fresh virtual environment (dependencies seen through a .pth file, the
+# project itself only from the wheel) and run a smoke test against it from outside the tree.
+WHEEL_VENV := build/wheel-venv
+wheel-smoke: wheel
+	rm -rf $(WHEEL_VENV)
+	$(PY) -m venv --without-pip $(WHEEL_VENV)
+	site=$$($(WHEEL_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > $$site/mambarec_fast_deps.pth && \
+	$(PY) -m pip install -q --no-deps --no-index --target $$site dist/*.whl
+	cd build && wheel-venv/bin/python ../tests/wheel_smoke.py
+
+test: $(STAMP) cuda-check wheel-smoke
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
