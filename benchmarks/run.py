@@ -30,7 +30,13 @@ from mambarec_fast.data import TrainSampler, build_graphs, load_dataset  # noqa:
 from mambarec_fast.evaluation import UserItems, evaluate_model  # noqa: E402
 from mambarec_fast.training import IMPLEMENTATIONS, build_model  # noqa: E402
 
-OP_BENCHMARKS = ("bench_mmd", "bench_dream", "bench_propagation")
+#: Per-op benchmark modules: their `run` arguments for the quick (Baby-sized) and full size sets,
+#: and the name of their switch for timing torch.compile of the reference.
+OP_BENCHMARKS = {
+    "bench_mmd": ({"sizes": (2048,)}, "compile_reference"),
+    "bench_dream": ({"sizes": (7050,), "with_map": False}, "with_compile"),
+    "bench_propagation": ({"sizes": ("baby",)}, None),
+}
 
 
 def _commit() -> str:
@@ -144,6 +150,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time torch.compile of the reference (default: on CUDA only; slow to compile on a CPU)")  # fmt: skip
     parser.add_argument("--ops", action=argparse.BooleanOptionalAction, default=True, help="run the per-op benchmarks too")
+    parser.add_argument("--sizes", choices=["quick", "full"], default=None,
+                        help="per-op sizes: quick = Baby-sized only, full = every size of each op benchmark "
+                             "(default: quick on a CPU, full on CUDA)")  # fmt: skip
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args(argv)
     compile_reference = args.device.startswith("cuda") if args.compile is None else args.compile
@@ -166,12 +175,12 @@ def main(argv=None) -> int:
 
     rows = model_rows(args.data, args.device, args.repeats, impls, compile_reference)
     if args.ops:
-        for name in tqdm(OP_BENCHMARKS, desc="op benchmarks", leave=False):
-            try:
-                module = importlib.import_module(name)
-            except ImportError:
-                continue
-            rows.extend(module.run(device=args.device, repeats=args.repeats))
+        full = (args.sizes or ("full" if args.device.startswith("cuda") else "quick")) == "full"
+        for name, (quick_kwargs, compile_switch) in tqdm(OP_BENCHMARKS.items(), desc="op benchmarks", leave=False):
+            kwargs = {} if full else dict(quick_kwargs)
+            if compile_switch:
+                kwargs[compile_switch] = compile_reference
+            rows.extend(importlib.import_module(name).run(device=args.device, repeats=args.repeats, **kwargs))
     rows = add_speedups(rows)
 
     header = f"mambarec_fast benchmarks on {machine} (torch {meta['torch']}, commit {meta['commit']}, {meta['date']})"
