@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .ablation import ROWS, format_markdown, parse_rows, run_ablation, write_csv
 from .checkpoint import load_checkpoint
 from .config import PAPER_GRID, load_config, parse_override
 from .data import PRESETS, make_synthetic, write_mmrec
@@ -33,6 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--grid", choices=["paper"], help="add the paper's mmd_weight x bandwidth grid")
     p.add_argument("--seeds", help="comma-separated seeds for a grid (default: the config's seed)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+    p = sub.add_parser("ablate", help="the paper's ablation rows and LightGCN over seeds, as one table")
+    p.add_argument("data", help="dataset folder (MMRec format) or synthetic:PRESET")
+    p.add_argument("--config", help="YAML config file the rows start from (no `grid:`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for every row (repeatable), e.g. epochs=20")  # fmt: skip
+    p.add_argument("--seeds", default="999,1000,1001", help="comma-separated seeds (default 999,1000,1001)")
+    p.add_argument("--rows", help=f"comma-separated rows (default all: {','.join(ROWS)})")
+    p.add_argument("--out", help="output folder (default runs/ablation-<data>-<time>); runs are reused when rerun")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the valid and test splits")
@@ -63,9 +74,8 @@ def _train(args) -> None:
     config, grid = load_config(args.config, overrides)
     if args.grid == "paper":
         grid = dict(PAPER_GRID, **grid)
-    name = str(config["data"]).rstrip("/").replace(":", "-").split("/")[-1]
-    run_dir = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [config["seed"]]
+    run_dir = Path(args.out or f"runs/{_run_name(config['data'])}-{time.strftime('%Y%m%d-%H%M%S')}")
+    seeds = _parse_seeds(args.seeds) if args.seeds else [config["seed"]]
     if grid or len(seeds) > 1:
         report = run_grid(config, grid, seeds, run_dir, progress=not args.no_progress)
         print(json.dumps(report["best"], indent=2))
@@ -74,6 +84,36 @@ def _train(args) -> None:
     result = train(config, run_dir, progress=not args.no_progress)
     print(json.dumps({"best_epoch": result.best_epoch, "valid": result.best_valid, "test": result.best_test}, indent=2))
     print(f"checkpoints: {run_dir / 'last.pt'} (resume), {run_dir / 'best.pt'} (best valid)")
+
+
+def _run_name(data) -> str:
+    return str(data).rstrip("/").replace(":", "-").split("/")[-1]
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds expects comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise ValueError(f"--seeds expects at least one integer, got {text!r}")
+    return seeds
+
+
+def _ablate(args) -> None:
+    config, grid = load_config(args.config, [*args.overrides, f"data={args.data}"])
+    if grid:
+        raise ValueError(f"ablate runs one config per row; drop the grid axes {sorted(grid)}")
+    rows, seeds = parse_rows(args.rows), _parse_seeds(args.seeds)
+    out = Path(args.out or f"runs/ablation-{_run_name(config['data'])}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = run_ablation(config, rows, seeds, out, progress=not args.no_progress)
+    table = format_markdown(summaries)
+    (out / "table.md").write_text(table)
+    write_csv(summaries, out / "table.csv")
+    (out / "table.json").write_text(json.dumps(summaries, indent=2))
+    print(table, end="")
+    print(f"test metrics of the best valid epoch, mean ± std over seeds {seeds}; tables: {out / 'table.md'}, {out / 'table.csv'}")
 
 
 def _resume_config(config: dict, overrides: list[str]) -> dict:
@@ -127,7 +167,7 @@ def _make_synthetic(args) -> None:
     print(f"wrote {args.preset} ({dataset.n_users} users, {dataset.n_items} items, {len(dataset.train)} train rows) to {args.out}")
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "recommend": _recommend, "make-synthetic": _make_synthetic}
+COMMANDS = {"train": _train, "ablate": _ablate, "evaluate": _evaluate, "recommend": _recommend, "make-synthetic": _make_synthetic}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,9 @@ DEFAULTS: dict[str, Any] = {
     "modalities": ["image", "text"],
     "knn_k": 10,
     "graph_cache": None,
-    # model
+    # model: "mambarec" or "lightgcn" (which uses embedding_size, n_ui_layers as its layer count,
+    # reg_weight and train_batch_size, and loads no features)
+    "model": "mambarec",
     "impl": "fast",
     "embedding_size": 64,
     "reduction_factor": 8,
@@ -29,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.2,
     "dream_rate": 1,
     "bn_mom": 0.1,
+    "dream": True,  # False: no DREAM blocks (ablation "w/o DREAM")
     # training
     "learning_rate": 0.001,
     "lr_decay": 0.96,

@@ -20,22 +20,21 @@ from .ops.propagation import propagate, spmm
 from .reference.model import MambaRec as ReferenceMambaRec
 
 
-class MambaRec(ReferenceMambaRec):
-    """Drop-in for `mambarec_fast.reference.MambaRec`: same constructor, parameters, state_dict,
-    outputs and gradients (to rounding), running statistics and RNG use."""
-
-    dream_cls = DREAM
+class CsrGraphs:
+    """Mixin for a model whose fixed graphs are sparse buffers: keeps a CSR `Graph` of each (rebuilt
+    after `.to()` / `.double()`) and runs its `spmm` / `propagate` hooks through the compiled ops."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._encoded: dict[str, torch.Tensor] = {}
         self._build_csr_graphs()
 
     def _build_csr_graphs(self) -> None:
-        """CSR `Graph`s of the sparse buffers (Â is symmetric, so its backward reuses it)."""
-        self._graphs = {"adj": _symmetric_graph(self.adj), "ui": Graph.from_torch(self.ui)}
-        for m in self.modalities:
-            self._graphs[f"item_{m}"] = Graph.from_torch(getattr(self, f"item_{m}"))
+        # Â ("adj") is symmetric, so its backward reuses it.
+        self._graphs = {
+            name: _symmetric_graph(buffer) if name == "adj" else Graph.from_torch(buffer)
+            for name, buffer in self.named_buffers(recurse=False)
+            if buffer.is_sparse
+        }
 
     def _apply(self, fn, recurse=True):
         # .to() / .double() move the sparse buffers; the CSR graphs follow them.
@@ -48,6 +47,17 @@ class MambaRec(ReferenceMambaRec):
 
     def propagate(self, graph: str, x: torch.Tensor, layers: int) -> torch.Tensor:
         return propagate(self._graphs[graph], x, layers)
+
+
+class MambaRec(CsrGraphs, ReferenceMambaRec):
+    """Drop-in for `mambarec_fast.reference.MambaRec`: same constructor, parameters, state_dict,
+    outputs and gradients (to rounding), running statistics and RNG use."""
+
+    dream_cls = DREAM
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._encoded: dict[str, torch.Tensor] = {}
 
     def image_dream(self) -> torch.Tensor:
         v = self.image_embedding.weight
@@ -70,9 +80,9 @@ class MambaRec(ReferenceMambaRec):
     def mmd_term(self, pos_items: torch.Tensor) -> torch.Tensor:
         if "image" in self._encoded and "text" in self._encoded:
             image, text = self._encoded["image"], self._encoded["text"]
-            # The authors' second DREAM call, without its cost: same outputs, one more update.
-            self.dream_image.repeat_running_stats_update()
-            self.dream_text.repeat_running_stats_update()
+            if self.dream:  # the authors' second DREAM call, without its cost: one more update
+                self.dream_image.repeat_running_stats_update()
+                self.dream_text.repeat_running_stats_update()
         else:
             image, text = self.encode("image"), self.encode("text")
         return mmd(image[pos_items], text[pos_items], self.mmd_kernel_bandwidth)

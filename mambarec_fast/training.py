@@ -21,18 +21,23 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import expand_grid
 from .data import MMRecDataset, TrainSampler, build_graphs, load_dataset
 from .evaluation import UserItems, evaluate_model
+from .lightgcn import LightGCN
 from .model import MambaRec
 from .reference import MambaRec as ReferenceMambaRec
+from .reference.lightgcn import LightGCN as ReferenceLightGCN
 
-#: Config keys passed straight to the model constructor.
+#: Config keys passed straight to the MambaRec constructor.
 MODEL_KEYS = (
     "embedding_size", "reduction_factor", "n_ui_layers", "n_layers", "mmd_weight",
     "mmd_kernel_bandwidth", "cl_loss", "cl_temperature", "reg_weight", "train_batch_size",
-    "dropout", "dream_rate", "bn_mom",
+    "dropout", "dream_rate", "bn_mom", "dream",
 )  # fmt: skip
 
 #: `impl` values: the fast model (default) and the authors' computation.
 IMPLEMENTATIONS = {"fast": MambaRec, "reference": ReferenceMambaRec}
+
+#: `model` values -> their `impl` classes.
+MODELS = {"mambarec": IMPLEMENTATIONS, "lightgcn": {"fast": LightGCN, "reference": ReferenceLightGCN}}
 
 
 @dataclass
@@ -53,21 +58,37 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _model_class(config: dict) -> type[torch.nn.Module]:
+    model, impl = config["model"], config["impl"]
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
+    if impl not in MODELS[model]:
+        raise ValueError(f"unknown impl {impl!r}; choose one of {sorted(MODELS[model])}")
+    return MODELS[model][impl]
+
+
 def build_model(config: dict, dataset: MMRecDataset, graphs=None) -> torch.nn.Module:
-    """The model named by `config["impl"]` over `dataset`, its graphs built when not given."""
-    impl = config["impl"]
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown impl {impl!r}; choose one of {sorted(IMPLEMENTATIONS)}")
+    """The model named by `config["model"]` and `config["impl"]` over `dataset`, its graphs built
+    when not given (kNN graphs for the modalities in `dataset.features`)."""
+    cls = _model_class(config)
     if graphs is None:
         graphs = build_graphs(dataset, knn_k=config["knn_k"], cache_dir=config["graph_cache"])
+    if config["model"] == "lightgcn":
+        return cls(
+            dataset.n_users, dataset.n_items, graphs.adj, embedding_size=config["embedding_size"],
+            n_layers=config["n_ui_layers"], reg_weight=config["reg_weight"], train_batch_size=config["train_batch_size"],
+        )  # fmt: skip
     features = {m: torch.from_numpy(f) for m, f in dataset.features.items()}
     kwargs = {k: config[k] for k in MODEL_KEYS}
-    return IMPLEMENTATIONS[impl](dataset.n_users, dataset.n_items, features, graphs, **kwargs)
+    return cls(dataset.n_users, dataset.n_items, features, graphs, **kwargs)
 
 
 def prepare(config: dict) -> tuple[MMRecDataset, torch.nn.Module]:
-    """Load the dataset the config names and build its model on the config's device."""
-    dataset = load_dataset(config["data"], modalities=tuple(config["modalities"]), seed=config["data_seed"])
+    """Load the dataset the config names (no features for LightGCN) and build its model on the
+    config's device."""
+    _model_class(config)  # an unknown model or impl fails before the data is read
+    modalities = () if config["model"] == "lightgcn" else config["modalities"]
+    dataset = load_dataset(config["data"], modalities=modalities, seed=config["data_seed"])
     return dataset, build_model(config, dataset).to(config["device"])
 
 
@@ -183,7 +204,8 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, progress: 
     return result
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
     mean = sum(values) / len(values)
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
     return mean, math.sqrt(var)
@@ -203,7 +225,7 @@ def run_grid(config: dict, grid: dict, seeds: list[int], run_dir: str | Path, *,
         summary = {"point": {k: point[k] for k in grid}, "seeds": seeds}
         for split, key in (("valid", "best_valid"), ("test", "best_test")):
             for name in getattr(results[0], key):
-                summary[f"{split}/{name}"] = _mean_std([getattr(r, key)[name] for r in results])
+                summary[f"{split}/{name}"] = mean_std([getattr(r, key)[name] for r in results])
         points.append(summary)
     best = max(points, key=lambda p: p[f"valid/{metric}"][0])
     report = {"selected_on": f"valid/{metric}", "best": best, "points": points}

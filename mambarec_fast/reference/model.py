@@ -48,13 +48,22 @@ def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> to
     return torch.mean(-torch.log(pos_score / ttl_score))
 
 
-def bpr_terms(users, pos_items, neg_items, reg_weight: float, batch_size: int):
-    """BPR loss and the embedding penalty `reg_weight * ½(|u|² + |i+|² + |i-|²) / batch_size`."""
+def bpr_loss(users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+    """`mean -log σ(<u, i+> - <u, i->)` over the batch rows."""
     pos_scores = (users * pos_items).sum(dim=1)
     neg_scores = (users * neg_items).sum(dim=1)
-    bpr = -torch.mean(F.logsigmoid(pos_scores - neg_scores))
+    return -torch.mean(F.logsigmoid(pos_scores - neg_scores))
+
+
+def l2_penalty(users, pos_items, neg_items, reg_weight: float, batch_size: int) -> torch.Tensor:
+    """The embedding penalty `reg_weight * ½(|u|² + |i+|² + |i-|²) / batch_size`."""
     penalty = 0.5 * (users.pow(2).sum() + pos_items.pow(2).sum() + neg_items.pow(2).sum())
-    return bpr, reg_weight * penalty / batch_size
+    return reg_weight * penalty / batch_size
+
+
+def bpr_terms(users, pos_items, neg_items, reg_weight: float, batch_size: int):
+    """BPR loss and the embedding penalty, both of the same (final) embeddings."""
+    return bpr_loss(users, pos_items, neg_items), l2_penalty(users, pos_items, neg_items, reg_weight, batch_size)
 
 
 class MambaRec(nn.Module):
@@ -62,6 +71,11 @@ class MambaRec(nn.Module):
 
     Either feature may be missing (or None): the model then runs with the other modality only,
     or with none (the user-item view alone). Hyper-parameter defaults are SPEC's.
+
+    Ablation switches: `dream=False` replaces each DREAM block by the identity (its input passes
+    straight to the LayerNorm; no `dream_*` parameters or buffers exist); `mmd_weight=0` skips the
+    MMD term (no second DREAM call); `cl_loss=0` zeroes the contrastive term;
+    `reduction_factor=1` drops `image_reduce` (`image_trs` maps Dv -> d directly).
     """
 
     #: The DREAM block class (a subclass may swap in a drop-in with the same parameters).
@@ -87,6 +101,7 @@ class MambaRec(nn.Module):
         dropout: float = 0.2,
         dream_rate: int = 1,
         bn_mom: float = 0.1,
+        dream: bool = True,
     ):
         super().__init__()
         unknown = set(features) - set(MODALITIES)
@@ -94,12 +109,18 @@ class MambaRec(nn.Module):
             raise ValueError(f"unknown modalities {sorted(unknown)}; expected a subset of {MODALITIES}")
         if reduction_factor < 1:
             raise ValueError(f"reduction_factor must be >= 1, got {reduction_factor}")
+        if not isinstance(dream, bool):
+            raise TypeError(f"dream must be True or False, got {dream!r}")
         self.n_users, self.n_items = n_users, n_items
         self.n_ui_layers, self.n_layers = n_ui_layers, n_layers
         self.mmd_weight, self.mmd_kernel_bandwidth = mmd_weight, mmd_kernel_bandwidth
         self.cl_loss, self.cl_temperature = cl_loss, cl_temperature
         self.reg_weight, self.train_batch_size = reg_weight, train_batch_size
+        self.dream = dream
         d = embedding_size
+
+        def dream_block() -> nn.Module:
+            return self.dream_cls(d, d, rate=dream_rate, bn_mom=bn_mom) if dream else nn.Identity()
 
         self.user_embedding = nn.Embedding(n_users, d)
         self.item_id_embedding = nn.Embedding(n_items, d)
@@ -120,14 +141,14 @@ class MambaRec(nn.Module):
             else:
                 self.image_reduce = None
                 self.image_trs = nn.Linear(v.shape[1], d)
-            self.dream_image = self.dream_cls(d, d, rate=dream_rate, bn_mom=bn_mom)
+            self.dream_image = dream_block()
             self.gate_v = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
             self.gate_image_prefer = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
         if "text" in self.modalities:
             t = torch.as_tensor(features["text"], dtype=torch.float32)
             self.text_embedding = nn.Embedding.from_pretrained(t.clone(), freeze=False)
             self.text_trs = nn.Linear(t.shape[1], d)
-            self.dream_text = self.dream_cls(d, d, rate=dream_rate, bn_mom=bn_mom)
+            self.dream_text = dream_block()
             self.gate_t = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
             self.gate_text_prefer = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
         if self.modalities:
