@@ -1,8 +1,11 @@
 """LightGCN: propagation against a dense statement, its loss, fast = reference, and training."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mambarec_fast.cli import main
 from mambarec_fast.config import DEFAULTS
 from mambarec_fast.data import build_graphs, make_synthetic
 from mambarec_fast.lightgcn import LightGCN
@@ -92,7 +95,7 @@ def test_bad_arguments_are_rejected(tiny):
         LightGCN(dataset.n_users, dataset.n_items, graphs.adj, n_layers=-1)
 
 
-def test_config_selects_lightgcn_loads_no_features_and_trains(tmp_path):
+def test_config_selects_lightgcn_loads_no_features_and_trains(tmp_path, capsys):
     config = dict(DEFAULTS, model="lightgcn", n_ui_layers=2, embedding_size=16, train_batch_size=1024, epochs=3, learning_rate=0.01)
     dataset, model = prepare(config)
     assert type(model) is LightGCN and model.n_layers == 2 and dataset.features == {}
@@ -100,5 +103,7 @@ def test_config_selects_lightgcn_loads_no_features_and_trains(tmp_path):
     result = train(config, tmp_path, progress=False, log=lambda *_: None)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0] and result.best_valid["recall@20"] > 0.25  # random: about 0.1
+    assert main(["evaluate", str(tmp_path / "best.pt")]) == 0  # checkpoints reload as LightGCN
+    assert json.loads(capsys.readouterr().out)["valid"]["recall@20"] == pytest.approx(result.best_valid["recall@20"], abs=1e-12)
     with pytest.raises(ValueError, match="unknown model"):
         prepare(dict(config, model="mf"))
