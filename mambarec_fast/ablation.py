@@ -48,7 +48,9 @@ def _train_or_reuse(config: dict, run_dir: Path, **kwargs) -> TrainResult:
     return train(config, run_dir, resume=same and (run_dir / "last.pt").is_file(), **kwargs)
 
 
-def run_ablation(config: dict, rows: list[str], seeds: list[int], out_dir: str | Path, *, progress: bool = True, log=print) -> list[dict]:
+def run_ablation(
+    config: dict, rows: list[str], seeds: list[int], out_dir: str | Path, *, progress: bool = True, log=print
+) -> list[dict]:
     """Train each row (config + its overrides) with each seed in `out_dir/<row>/seed<seed>`.
 
     Returns one summary per row: name, label, seeds, `METRICS` as (mean, std) of the best-valid
@@ -63,7 +65,8 @@ def run_ablation(config: dict, rows: list[str], seeds: list[int], out_dir: str |
         results = []
         for seed in seeds:
             log(f"[ablation] {name} seed {seed}")
-            results.append(_train_or_reuse(dict(config, **overrides, seed=seed), out_dir / name / f"seed{seed}", progress=progress, log=log))
+            run_dir = out_dir / name / f"seed{seed}"
+            results.append(_train_or_reuse(dict(config, **overrides, seed=seed), run_dir, progress=progress, log=log))
         summary = {"row": name, "label": label, "seeds": list(seeds)}
         for metric in METRICS:
             summary[metric] = mean_std([r.best_test[metric] for r in results])
@@ -76,10 +79,12 @@ def run_ablation(config: dict, rows: list[str], seeds: list[int], out_dir: str |
 
 def format_markdown(summaries: list[dict]) -> str:
     """The table as Markdown: test metrics as mean ± std, mean epochs run / best epoch, mean seconds."""
-    head = ["variant", *(m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in METRICS), "epochs (best)", "time / run (s)"]
+    names = (m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in METRICS)
+    head = ["variant", *names, "epochs (best)", "time / run (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
-        cells = [s["label"], *(f"{s[m][0]:.4f} ± {s[m][1]:.4f}" for m in METRICS), f"{s['epochs']:.1f} ({s['best_epoch']:.1f})", f"{s['seconds']:.0f}"]
+        metrics = (f"{s[m][0]:.4f} ± {s[m][1]:.4f}" for m in METRICS)
+        cells = [s["label"], *metrics, f"{s['epochs']:.1f} ({s['best_epoch']:.1f})", f"{s['seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -88,7 +93,8 @@ def write_csv(summaries: list[dict], path: str | Path) -> None:
     """One row per variant: row, label, seeds, `<metric>_mean`, `<metric>_std`, epochs, best_epoch, seconds."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["row", "label", "seeds", *(f"{m}_{x}" for m in METRICS for x in ("mean", "std")), "epochs", "best_epoch", "seconds"])
+        stats = (f"{m}_{x}" for m in METRICS for x in ("mean", "std"))
+        writer.writerow(["row", "label", "seeds", *stats, "epochs", "best_epoch", "seconds"])
         for s in summaries:
             writer.writerow([
                 s["row"], s["label"], " ".join(map(str, s["seeds"])),
