@@ -6,6 +6,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The tests use small tensors: one intra-op thread is as fast, and it keeps a shared or loaded
+# machine from the oversubscription stalls that multiply small-op latency many times over.
+torch.set_num_threads(int(os.environ.get("MAMBAREC_TEST_THREADS", "1")))
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
