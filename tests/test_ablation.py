@@ -103,7 +103,7 @@ def test_cl_loss_zero_zeroes_only_the_contrastive_term(tiny, impl):
     ablated.load_state_dict(full.state_dict())
     batch = _batch(tiny[0])
     full_terms, ablated_terms = full.loss_terms(*batch), ablated.loss_terms(*batch)
-    assert float(full_terms["cl"]) > 0 and float(ablated_terms["cl"]) == 0
+    assert full_terms["cl"].item() > 0 and ablated_terms["cl"].item() == 0
     for name in ("bpr", "reg", "mmd"):
         torch.testing.assert_close(ablated_terms[name], full_terms[name], rtol=0, atol=0, msg=name)
 
