@@ -6,6 +6,7 @@ resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs before 
 """
 from __future__ import annotations
 
+import ctypes
 import platform
 import statistics
 import time
@@ -34,6 +35,12 @@ def _proc_status_kib(field: str) -> int | None:
 
 
 def _reset_cpu_peak() -> bool:
+    """Release freed heap memory to the OS (else a warmed-up allocator reuses resident blocks and
+    the high-water mark misses them), then reset the mark."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -47,26 +54,29 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(fn: Callable[[], object], device: str | torch.device = "cpu", repeats: int = 5, warmup: int = 1) -> Measurement:
-    """Median seconds of `repeats` calls of `fn` after `warmup` calls, and the peak extra memory."""
+    """Median seconds of `repeats` calls of `fn` after `warmup` calls, and the peak extra memory
+    of one further call (CPU: resident-set high-water mark above the level before it)."""
     device = torch.device(device)
     for _ in range(warmup):
         fn()
     _sync(device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = (_proc_status_kib("VmRSS") or 0) * 1024 if _reset_cpu_peak() else None
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
+    # Peak memory from one more call, apart from the timed ones (resetting costs time).
     if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
+        base = (_proc_status_kib("VmRSS") or 0) * 1024 if _reset_cpu_peak() else None
+        fn()
         hwm = _proc_status_kib("VmHWM")
         peak = max(hwm * 1024 - base, 0) if (base is not None and hwm is not None) else -1
     return Measurement(statistics.median(times), int(peak), repeats)
