@@ -15,6 +15,8 @@ A leaf module: torch and numpy only.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -225,14 +227,21 @@ def evaluate_model(
 
     The model's train/eval mode is restored afterwards, even when scoring fails.
     """
+    with eval_mode(model):
+        user_emb, item_emb = model.embeddings()
+    return evaluate_embeddings(user_emb, item_emb, train, target, ks, batch_size)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Eval mode without gradients inside; the model's previous train/eval mode restored after."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            user_emb, item_emb = model.embeddings()
+            yield model
     finally:
         model.train(was_training)
-    return evaluate_embeddings(user_emb, item_emb, train, target, ks, batch_size)
 
 
 # -- helpers ----------------------------------------------------------------------------------

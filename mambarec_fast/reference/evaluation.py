@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from ..evaluation import UserItems, ranking_metrics, topk_scores
+from ..evaluation import UserItems, eval_mode, ranking_metrics, topk_scores
 
 
 def evaluate_model(
@@ -23,14 +23,9 @@ def evaluate_model(
     users = target.users_with_items()
     if users.numel() == 0:
         raise ValueError("target has no items: there are no users to evaluate")
-    was_training = model.training
-    model.eval()
     tops = []
-    try:
-        with torch.no_grad():
-            for batch in users.split(batch_size):
-                user_emb, item_emb = model.embeddings()
-                tops.append(topk_scores(user_emb, item_emb, batch.to(user_emb.device), train, max(ks), batch_size))
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        for batch in users.split(batch_size):
+            user_emb, item_emb = model.embeddings()
+            tops.append(topk_scores(user_emb, item_emb, batch.to(user_emb.device), train, max(ks), batch_size))
     return ranking_metrics(torch.cat(tops), users.to(tops[0].device), target, ks)
