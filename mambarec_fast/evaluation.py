@@ -16,7 +16,6 @@ A leaf module: torch and numpy only.
 from __future__ import annotations
 
 from contextlib import contextmanager
-
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
