@@ -193,10 +193,14 @@ def _setup_context(ctx, inputs, output):
     x, w1, _b1, g1, _be1, _rm1, _rv1, wcs, w2, _b2, g2, _be2, _rm2, _rv2, training, eps, _need, allow_tf32 = inputs
     ctx.save_for_backward(x, w1, g1, wcs, w2, g2, *output)
     ctx.training, ctx.eps, ctx.allow_tf32 = training, eps, allow_tf32
+    # The saved-value outputs never get gradients: do not materialise [N, 5C] zeros for them.
+    ctx.set_materialize_grads(False)
 
 
 def _autograd_backward(ctx, gy, *_unused_grads):
     # Only y is differentiable; the other outputs are saved values, not results.
+    if gy is None:
+        return (None,) * 18
     grads = dream_matrix_backward(gy.contiguous(), *ctx.saved_tensors, ctx.training, ctx.eps, ctx.allow_tf32)
     dx, dw1, db1, dg1, dbe1, dwcs, dw2, db2, dg2, dbe2 = grads
     return dx, dw1, db1, dg1, dbe1, None, None, dwcs, dw2, db2, dg2, dbe2, None, None, None, None, None, None
