@@ -16,7 +16,8 @@ BN + ReLU, `u >= 0`, so for each row `n`
 algebra, with an analytic backward registered as their autograd formula and fake kernels for
 `torch.compile` (which keeps each as one op). On CUDA in float32 they run the Triton kernels of
 `kernels/dream.py`; everywhere else (CPU, other dtypes, no Triton) the same algebra in a few torch
-ops. Only the centre taps enter the op (sliced out of the 4-D conv weights, so the other taps get
+ops, rearranged so that the first BatchNorm folds into its GEMM in train mode too (see the comment
+above `_forward_torch`). Only the centre taps enter the op (sliced out of the 4-D conv weights, so the other taps get
 exactly zero gradient, as in the reference).
 
 General path (`[B, C, H, W]`, `[B, S, C]`): NOT fused yet. The fast module runs the reference
@@ -40,6 +41,17 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64
 # --------------------------------------------------------------------------------------------
 # The algebra in torch ops (CPU and any dtype/device the Triton kernels do not take)
 # --------------------------------------------------------------------------------------------
+# Here the first BatchNorm never sees the [N, 5Ch] matrix z1 (each pass over an [N, 5Ch] matrix
+# costs about as much as a tenth of a GEMM on the CPU). Its columns are linear in x, so with the
+# centred input xc = x - mean(x) and its covariance S = xc^T xc / N (a [C, C] GEMM):
+#     z1 - mean1 = xc W1^T,   var1 = diag(W1 S W1^T),
+# and BN1 folds into the GEMM: u = ReLU(xc (scale1 W1)^T + beta1). The backward needs only
+# dv1 (the gradient at BN1's output, masked by the ReLU) and G = dv1^T xc:
+#     dgamma1 = rstd1 diag(G W1^T),  dW1 = scale1 G - N a W1 S,  dx = dv1 (scale1 W1) - xc W1^T a W1 - k,
+# with a = scale1 rstd1 dgamma1 / N and the row k = (scale1 dbeta1 / N) W1 (all per-row vectors as
+# diagonal matrices). db1 is exactly zero in train mode (BN subtracts the batch mean). Likewise
+# p = m u^2 is never built: z2 = m (u^2 W2^T) + b2 with the row factor m applied to the [N, Ch]
+# product r = u^2 W2^T, whence dm = rowsum(dz2 * r) and dW2 = (m dz2)^T u^2.
 def _bn_scale_shift(z: Tensor, training: bool, running_mean: Tensor, running_var: Tensor, gamma, beta, eps):
     """BatchNorm over the rows of `z [N, K]` as one affine map `z * scale + shift` (as ATen's CPU
     BatchNorm does). Returns `scale, shift, mean, var`: the statistics used (batch, biased
@@ -62,9 +74,12 @@ def _attention(u: Tensor, wcs: Tensor) -> tuple[Tensor, Tensor]:
     return cs, torch.maximum(cs[:, 0], cs[:, 1]).unsqueeze(1)
 
 
+def _centred(x: Tensor) -> Tensor:
+    """`x - mean(x)` over the rows: the train-mode input of the folded first GEMM."""
+    return x - x.mean(0)
+
+
 def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward):
-    # distinct empty placeholders: a custom op's outputs may not alias one another
-    empties = tuple(x.new_empty(0) for _ in range(9))
     if not training and not need_backward:
         # Eval inference: fold each BatchNorm into its GEMM (scale the weight rows, shift the bias).
         scale1 = g1 * torch.rsqrt(rv1 + eps)
@@ -73,18 +88,29 @@ def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
         p = (u * m).mul_(u)
         scale2 = g2 * torch.rsqrt(rv2 + eps)
         y = torch.addmm((b2 - rm2) * scale2 + be2, p, (w2 * scale2[:, None]).t()).relu_()
-        return (y, *empties)
-    z1 = torch.addmm(b1, x, w1.t())
-    scale1, shift1, mean1, var1 = _bn_scale_shift(z1, training, rm1, rv1, g1, be1, eps)
-    u = torch.addcmul(shift1, z1, scale1).relu_()
+        return y, [], *(x.new_empty(0) for _ in range(4))
+    if training:
+        xc = _centred(x)
+        cov = (xc.t() @ xc).div_(x.shape[0])
+        mean1 = torch.addmv(b1, w1, x.mean(0))
+        # A quadratic form of a PSD matrix: >= 0 in exact arithmetic, clamp the rounding.
+        var1 = ((w1 @ cov) * w1).sum(1).clamp_min_(0)
+        scale1 = g1 * torch.rsqrt(var1 + eps)
+        shift1 = be1
+    else:
+        xc, cov = x, x.new_empty(0)
+        mean1, var1 = rm1.clone(), rv1.clone()
+        scale1 = g1 * torch.rsqrt(var1 + eps)
+        shift1 = (b1 - rm1) * scale1 + be1
+    u = torch.addmm(shift1, xc, (w1 * scale1[:, None]).t()).relu_()
     cs, m = _attention(u, wcs)
-    p = (u * m).mul_(u)
-    z2 = torch.addmm(b2, p, w2.t())
+    sq = u * u
+    r = sq @ w2.t()
+    z2 = torch.addcmul(b2, r, m)
     scale2, shift2, mean2, var2 = _bn_scale_shift(z2, training, rm2, rv2, g2, be2, eps)
     y = torch.addcmul(shift2, z2, scale2).relu_()
-    if not need_backward:
-        z1, u, p, cs, z2 = empties[:5]
-    return y, z1, u, p, cs, z2, mean1, var1, mean2, var2
+    saved = [u, sq, cs, r, z2, cov] if need_backward else []
+    return y, saved, mean1, var1, mean2, var2
 
 
 def _bn_relu_backward(gy: Tensor, y: Tensor, z: Tensor, gamma: Tensor, mean: Tensor, var: Tensor, training: bool, eps: float):
@@ -112,27 +138,48 @@ def _bn_relu_backward(gy: Tensor, y: Tensor, z: Tensor, gamma: Tensor, mean: Ten
     return work.addcmul_(dv, scale), dgamma, dbeta
 
 
-def _backward_torch(gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps):
+def _backward_torch(gy, x, w1, b1, g1, wcs, w2, g2, y, saved, mean1, var1, mean2, var2, training, eps):
+    u, sq, cs, r, z2, cov = saved
+    n = x.shape[0]
     dz2, dg2, dbe2 = _bn_relu_backward(gy, y, z2, g2, mean2, var2, training, eps)
-    dw2 = dz2.t() @ p
-    db2 = dz2.sum(0)
-    # p = (u m) u with m = max(c, s) per row: dp/du = 2 m u, dm = sum_j dp_j u_j^2.
-    q = (dz2 @ w2).mul_(u)
-    dm = (q * u).sum(1)
-    # torch.maximum's rule: ties split half/half; ReLU's backward masks where its output is 0.
     c, s = cs[:, 0], cs[:, 1]
+    m = torch.maximum(c, s).unsqueeze(1)
+    dw2 = (dz2 * m).t() @ sq
+    db2 = dz2.sum(0)
+    dm = (dz2 * r).sum(1)
+    # torch.maximum's rule: ties split half/half; ReLU's backward masks where its output is 0.
     to_c = (c > s).to(dm.dtype) + 0.5 * (c == s).to(dm.dtype)
     dc_pre = dm * to_c * (c > 0)
     ds_pre = dm * (1 - to_c) * s * (1 - s)
     datt = torch.stack((dc_pre, ds_pre), dim=1)  # [N, 2]
     dwcs = datt.t() @ u
-    m = torch.maximum(c, s).unsqueeze(1)
-    du = q.mul_(2 * m).addmm_(datt, wcs)
-    dz1, dg1, dbe1 = _bn_relu_backward(du, u, z1, g1, mean1, var1, training, eps)
-    dw1 = dz1.t() @ x
-    db1 = dz1.sum(0)
-    dx = dz1 @ w1
+    # du = 2 m u (dz2 W2) + datt wcs (the row factor 2m taken into the small dz2), then BN1's ReLU.
+    dv1 = torch.mm(dz2 * (2 * m), w2).mul_(u).addmm_(datt, wcs)
+    torch.ops.aten.threshold_backward.grad_input(dv1, u, 0, grad_input=dv1)
+    dbe1 = dv1.sum(0)
+    rstd1 = torch.rsqrt(var1 + eps)
+    scale1 = g1 * rstd1
+    dx = dv1 @ (w1 * scale1[:, None])
+    if training:
+        xc = _centred(x)
+        gx = dv1.t() @ xc
+        dg1 = rstd1 * (gx * w1).sum(1)
+        aw1 = w1 * (scale1 * rstd1 * dg1 / n)[:, None]
+        dw1 = gx.mul_(scale1[:, None]).sub_(aw1 @ cov, alpha=n)
+        db1 = torch.zeros_like(b1)
+        dx.sub_(torch.addmm((scale1 * dbe1 / n) @ w1, xc, w1.t() @ aw1))
+    else:
+        # Running statistics are constants: dz1 = scale1 dv1, and z1 - mean1 = x W1^T + b1 - mean1.
+        gx = dv1.t() @ x
+        dg1 = rstd1 * ((gx * w1).sum(1) + dbe1 * (b1 - mean1))
+        dw1 = gx.mul_(scale1[:, None])
+        db1 = scale1 * dbe1
     return dx, dw1, db1, dg1, dbe1, dwcs, dw2, db2, dg2, dbe2
+
+
+def _runs_triton(x: Tensor) -> bool:
+    """Whether the op runs the Triton kernels on `x` (their saved tensors differ from the torch path's)."""
+    return HAS_TRITON and x.device.type == "cuda" and x.dtype == torch.float32
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,55 +190,61 @@ def dream_matrix_forward(
     x: Tensor, w1: Tensor, b1: Tensor, g1: Tensor, be1: Tensor, rm1: Tensor, rv1: Tensor,
     wcs: Tensor, w2: Tensor, b2: Tensor, g2: Tensor, be2: Tensor, rm2: Tensor, rv2: Tensor,
     training: bool, eps: float, need_backward: bool, allow_tf32: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, list[Tensor], Tensor, Tensor, Tensor, Tensor]:
     """DREAM on `x [N, C]` with packed parameters.
 
     Packed parameters: `w1 [5Ch, C]` (centre taps), `b1, g1, be1, rm1, rv1 [5Ch]` (conv bias, BN
     weight, bias, running mean, running var of the five branches in concat order), `wcs [2, 5Ch]`
     (rows w_c, w_s), `w2 [Ch, 5Ch]`, `b2, g2, be2, rm2, rv2 [Ch]` (conv_cat).
-    Returns `(y [N, Ch], z1 [N, 5Ch], u [N, 5Ch], p [N, 5Ch], cs [N, 2], z2 [N, Ch], mean1, var1,
-    mean2, var2)`: `z1`, `z2` the pre-BN GEMM outputs, `u` the concat, `p = max(c, s) u^2` the
-    conv_cat input, `cs` the per-row (c, s) (these five are kept for the backward, empty when
-    `need_backward` is False); `mean*, var*` the statistics used (batch, biased variance, in train
-    mode; copies of the running ones in eval mode, empty in eval mode without `need_backward`). `allow_tf32` lets the CUDA kernels use TF32
-    GEMMs (ignored elsewhere).
+    Returns `(y [N, Ch], saved, mean1, var1, mean2, var2)`: `saved` the tensors
+    `dream_matrix_backward` needs (empty when `need_backward` is False), which depend on the
+    implementation: Triton `[z1, u, p, cs, z2]` (`z1`, `z2` the pre-BN GEMM outputs, `u` the
+    concat, `p = max(c, s) u^2` the conv_cat input, `cs [N, 2]` the per-row (c, s)); torch
+    `[u, u^2, cs, r = u^2 W2^T, z2, S]` (`S [C, C]` the input covariance in train mode, empty in
+    eval mode); `mean*, var*` the statistics used (batch, biased variance, in train mode; copies
+    of the running ones in eval mode, empty in eval mode without `need_backward`).
+    `allow_tf32` lets the CUDA kernels use TF32 GEMMs (ignored elsewhere).
     """
     return _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward)
 
 
 @dream_matrix_forward.register_fake
 def _(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward, allow_tf32):
-    n, k1, k2 = x.shape[0], w1.shape[0], w2.shape[0]
-    if need_backward:
-        saved = (x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, 2), x.new_empty(n, k2))
+    n, c, k1, k2 = x.shape[0], x.shape[1], w1.shape[0], w2.shape[0]
+    if not need_backward:
+        saved = []
+    elif _runs_triton(x):
+        saved = [x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, 2), x.new_empty(n, k2)]
     else:
-        saved = tuple(x.new_empty(0) for _ in range(5))
+        cov = x.new_empty(c, c) if training else x.new_empty(0)
+        saved = [x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, 2), x.new_empty(n, k2), x.new_empty(n, k2), cov]
     if training or need_backward:
         stats = (x.new_empty(k1), x.new_empty(k1), x.new_empty(k2), x.new_empty(k2))
     else:
         stats = tuple(x.new_empty(0) for _ in range(4))
-    return (x.new_empty(n, k2), *saved, *stats)
+    return x.new_empty(n, k2), saved, *stats
 
 
 @torch.library.custom_op("mambarec_fast::dream_matrix_backward", mutates_args=())
 def dream_matrix_backward(
-    gy: Tensor, x: Tensor, w1: Tensor, g1: Tensor, wcs: Tensor, w2: Tensor, g2: Tensor, y: Tensor,
-    z1: Tensor, u: Tensor, p: Tensor, cs: Tensor, z2: Tensor, mean1: Tensor, var1: Tensor,
-    mean2: Tensor, var2: Tensor, training: bool, eps: float, allow_tf32: bool,
+    gy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, g1: Tensor, wcs: Tensor, w2: Tensor, g2: Tensor,
+    y: Tensor, saved: list[Tensor], mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor,
+    training: bool, eps: float, allow_tf32: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients `(dx, dw1, db1, dg1, dbe1, dwcs, dw2, db2, dg2, dbe2)` of `dream_matrix_forward`
     from `gy [N, Ch]`, its inputs and its outputs (shapes as there)."""
-    return _backward_torch(gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps)
+    return _backward_torch(gy, x, w1, b1, g1, wcs, w2, g2, y, saved, mean1, var1, mean2, var2, training, eps)
 
 
 @dream_matrix_backward.register_fake
-def _(gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps, allow_tf32):
+def _(gy, x, w1, b1, g1, wcs, w2, g2, y, saved, mean1, var1, mean2, var2, training, eps, allow_tf32):
     return tuple(torch.empty_like(t) for t in (x, w1, g1, g1, g1, wcs, w2, g2, g2, g2))
 
 
 def _setup_context(ctx, inputs, output):
-    x, w1, _b1, g1, _be1, _rm1, _rv1, wcs, w2, _b2, g2, _be2, _rm2, _rv2, training, eps, _need, allow_tf32 = inputs
-    ctx.save_for_backward(x, w1, g1, wcs, w2, g2, *output)
+    x, w1, b1, g1, _be1, _rm1, _rv1, wcs, w2, _b2, g2, _be2, _rm2, _rv2, training, eps, _need, allow_tf32 = inputs
+    y, saved, *stats = output
+    ctx.save_for_backward(x, w1, b1, g1, wcs, w2, g2, y, *stats, *saved)
     ctx.training, ctx.eps, ctx.allow_tf32 = training, eps, allow_tf32
     # The saved-value outputs never get gradients: do not materialise [N, 5C] zeros for them.
     ctx.set_materialize_grads(False)
@@ -201,7 +254,11 @@ def _autograd_backward(ctx, gy, *_unused_grads):
     # Only y is differentiable; the other outputs are saved values, not results.
     if gy is None:
         return (None,) * 18
-    grads = dream_matrix_backward(gy.contiguous(), *ctx.saved_tensors, ctx.training, ctx.eps, ctx.allow_tf32)
+    x, w1, b1, g1, wcs, w2, g2, y, mean1, var1, mean2, var2, *saved = ctx.saved_tensors
+    grads = dream_matrix_backward(
+        gy.contiguous(), x, w1, b1, g1, wcs, w2, g2, y, saved, mean1, var1, mean2, var2,
+        ctx.training, ctx.eps, ctx.allow_tf32,
+    )
     dx, dw1, db1, dg1, dbe1, dwcs, dw2, db2, dg2, dbe2 = grads
     return dx, dw1, db1, dg1, dbe1, None, None, dwcs, dw2, db2, dg2, dbe2, None, None, None, None, None, None
 
@@ -214,16 +271,16 @@ if HAS_TRITON:
     @dream_matrix_forward.register_kernel("cuda")
     def _(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward, allow_tf32):
         args = (x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, eps, need_backward)
-        if x.dtype != torch.float32:
+        if not _runs_triton(x):
             return _forward_torch(*args)
-        return _kernels.matrix_forward(*args, allow_tf32)
+        y, *saved, mean1, var1, mean2, var2 = _kernels.matrix_forward(*args, allow_tf32)
+        return y, saved if need_backward else [], mean1, var1, mean2, var2
 
     @dream_matrix_backward.register_kernel("cuda")
-    def _(gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps, allow_tf32):
-        args = (gy, x, w1, g1, wcs, w2, g2, y, z1, u, p, cs, z2, mean1, var1, mean2, var2, training, eps)
-        if x.dtype != torch.float32:
-            return _backward_torch(*args)
-        return _kernels.matrix_backward(*args, allow_tf32)
+    def _(gy, x, w1, b1, g1, wcs, w2, g2, y, saved, mean1, var1, mean2, var2, training, eps, allow_tf32):
+        if not _runs_triton(x):
+            return _backward_torch(gy, x, w1, b1, g1, wcs, w2, g2, y, saved, mean1, var1, mean2, var2, training, eps)
+        return _kernels.matrix_backward(gy, x, w1, g1, wcs, w2, g2, y, *saved, mean1, var1, mean2, var2, training, eps, allow_tf32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +352,7 @@ class DREAM(ReferenceDREAM):
                 f"got input shape {tuple(x.shape)}"
             )
         need_backward = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in self.parameters()))
-        y, *_saved, mean1, var1, mean2, var2 = dream_matrix_forward(
+        y, _saved, mean1, var1, mean2, var2 = dream_matrix_forward(
             x, *self._packed_parameters(cacheable=not need_backward), self.training, self.conv_cat[1].eps,
             need_backward, self.allow_tf32,
         )
