@@ -52,6 +52,9 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64
 # diagonal matrices). db1 is exactly zero in train mode (BN subtracts the batch mean). Likewise
 # p = m u^2 is never built: z2 = m (u^2 W2^T) + b2 with the row factor m applied to the [N, Ch]
 # product r = u^2 W2^T, whence dm = rowsum(dz2 * r) and dW2 = (m dz2)^T u^2.
+# The remaining [N, 5Ch] work (u^2 and the products with it; dv1 and the three products with it)
+# runs over blocks of rows, so that those temporaries stay in cache and are never allocated at
+# full size: of the [N, 5Ch] matrices only u is stored (kept for the backward).
 def _bn_scale_shift(z: Tensor, training: bool, running_mean: Tensor, running_var: Tensor, gamma, beta, eps):
     """BatchNorm over the rows of `z [N, K]` as one affine map `z * scale + shift` (as ATen's CPU
     BatchNorm does). Returns `scale, shift, mean, var`: the statistics used (batch, biased
@@ -72,6 +75,16 @@ def _attention(u: Tensor, wcs: Tensor) -> tuple[Tensor, Tensor]:
     pre = u @ wcs.t()
     cs = torch.stack((torch.relu(pre[:, 0]), torch.sigmoid(pre[:, 1])), dim=1)
     return cs, torch.maximum(cs[:, 0], cs[:, 1]).unsqueeze(1)
+
+
+# Rows per block: a [1024, 5 * 64] float32 temporary is 1.3 MB (cache-resident), and GEMMs of
+# 1024 rows run at full speed.
+_ROW_BLOCK = 1024
+
+
+def _row_blocks(n: int):
+    """Slices of `_ROW_BLOCK` rows covering `range(n)` in order (the last one may be shorter)."""
+    return (slice(i, min(i + _ROW_BLOCK, n)) for i in range(0, n, _ROW_BLOCK))
 
 
 def _centred(x: Tensor) -> Tensor:
@@ -102,14 +115,21 @@ def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
         mean1, var1 = rm1.clone(), rv1.clone()
         scale1 = g1 * torch.rsqrt(var1 + eps)
         shift1 = (b1 - rm1) * scale1 + be1
-    u = torch.addmm(shift1, xc, (w1 * scale1[:, None]).t()).relu_()
-    cs, m = _attention(u, wcs)
-    sq = u * u
-    r = sq @ w2.t()
+    n, k1 = x.shape[0], w1.shape[0]
+    w1s_t = (w1 * scale1[:, None]).t()
+    u, r, pre = x.new_empty(n, k1), x.new_empty(n, w2.shape[0]), x.new_empty(n, 2)
+    sq = x.new_empty(min(n, _ROW_BLOCK), k1)  # u^2 of one block
+    for rows in _row_blocks(n):
+        ub = torch.addmm(shift1, xc[rows], w1s_t, out=u[rows]).relu_()
+        torch.mm(ub, wcs.t(), out=pre[rows])
+        torch.mm(torch.mul(ub, ub, out=sq[: ub.shape[0]]), w2.t(), out=r[rows])
+    # (c, s, m) as `_attention` computes them, from the pre-activations gathered over the blocks
+    cs = torch.stack((torch.relu(pre[:, 0]), torch.sigmoid(pre[:, 1])), dim=1)
+    m = torch.maximum(cs[:, 0], cs[:, 1]).unsqueeze(1)
     z2 = torch.addcmul(b2, r, m)
     scale2, shift2, mean2, var2 = _bn_scale_shift(z2, training, rm2, rv2, g2, be2, eps)
     y = torch.addcmul(shift2, z2, scale2).relu_()
-    saved = [u, sq, cs, r, z2, cov] if need_backward else []
+    saved = [u, cs, r, z2, cov] if need_backward else []
     return y, saved, mean1, var1, mean2, var2
 
 
@@ -139,30 +159,41 @@ def _bn_relu_backward(gy: Tensor, y: Tensor, z: Tensor, gamma: Tensor, mean: Ten
 
 
 def _backward_torch(gy, x, w1, b1, g1, wcs, w2, g2, y, saved, mean1, var1, mean2, var2, training, eps):
-    u, sq, cs, r, z2, cov = saved
-    n = x.shape[0]
+    u, cs, r, z2, cov = saved
+    n, c, k1 = x.shape[0], x.shape[1], w1.shape[0]
     dz2, dg2, dbe2 = _bn_relu_backward(gy, y, z2, g2, mean2, var2, training, eps)
-    c, s = cs[:, 0], cs[:, 1]
-    m = torch.maximum(c, s).unsqueeze(1)
-    dw2 = (dz2 * m).t() @ sq
+    c_att, s_att = cs[:, 0], cs[:, 1]
+    m = torch.maximum(c_att, s_att).unsqueeze(1)
     db2 = dz2.sum(0)
     dm = (dz2 * r).sum(1)
     # torch.maximum's rule: ties split half/half; ReLU's backward masks where its output is 0.
-    to_c = (c > s).to(dm.dtype) + 0.5 * (c == s).to(dm.dtype)
-    dc_pre = dm * to_c * (c > 0)
-    ds_pre = dm * (1 - to_c) * s * (1 - s)
+    to_c = (c_att > s_att).to(dm.dtype) + 0.5 * (c_att == s_att).to(dm.dtype)
+    dc_pre = dm * to_c * (c_att > 0)
+    ds_pre = dm * (1 - to_c) * s_att * (1 - s_att)
     datt = torch.stack((dc_pre, ds_pre), dim=1)  # [N, 2]
-    dwcs = datt.t() @ u
-    # du = 2 m u (dz2 W2) + datt wcs (the row factor 2m taken into the small dz2), then BN1's ReLU.
-    dv1 = torch.mm(dz2 * (2 * m), w2).mul_(u).addmm_(datt, wcs)
-    torch.ops.aten.threshold_backward.grad_input(dv1, u, 0, grad_input=dv1)
-    dbe1 = dv1.sum(0)
     rstd1 = torch.rsqrt(var1 + eps)
     scale1 = g1 * rstd1
-    dx = dv1 @ (w1 * scale1[:, None])
+    w1s = w1 * scale1[:, None]
+    xc = _centred(x) if training else x  # the first GEMM's input, as in the forward
+    dz2m = dz2 * m
+    dz2m2 = dz2m * 2
+    # Accumulated over the row blocks: dW2, dwcs, G = dv1^T xc, dbeta1; dx block by block.
+    dw2, dwcs, gx, dbe1 = torch.zeros_like(w2), torch.zeros_like(wcs), x.new_zeros(k1, c), x.new_zeros(k1)
+    dx = x.new_empty(n, c)
+    work = x.new_empty(2, min(n, _ROW_BLOCK), k1)  # u^2 and dv1 of one block
+    for rows in _row_blocks(n):
+        ub = u[rows]
+        nb = ub.shape[0]
+        dw2.addmm_(dz2m[rows].t(), torch.mul(ub, ub, out=work[0, :nb]))
+        dwcs.addmm_(datt[rows].t(), ub)
+        # du = 2 m u (dz2 W2) + datt wcs (the row factor 2m taken into the small dz2), then
+        # BN1's ReLU mask: dv1.
+        dv1 = torch.mm(dz2m2[rows], w2, out=work[1, :nb]).mul_(ub).addmm_(datt[rows], wcs)
+        torch.ops.aten.threshold_backward.grad_input(dv1, ub, 0, grad_input=dv1)
+        dbe1 += dv1.sum(0)
+        gx.addmm_(dv1.t(), xc[rows])
+        torch.mm(dv1, w1s, out=dx[rows])
     if training:
-        xc = _centred(x)
-        gx = dv1.t() @ xc
         dg1 = rstd1 * (gx * w1).sum(1)
         aw1 = w1 * (scale1 * rstd1 * dg1 / n)[:, None]
         dw1 = gx.mul_(scale1[:, None]).sub_(aw1 @ cov, alpha=n)
@@ -170,7 +201,6 @@ def _backward_torch(gy, x, w1, b1, g1, wcs, w2, g2, y, saved, mean1, var1, mean2
         dx.sub_(torch.addmm((scale1 * dbe1 / n) @ w1, xc, w1.t() @ aw1))
     else:
         # Running statistics are constants: dz1 = scale1 dv1, and z1 - mean1 = x W1^T + b1 - mean1.
-        gx = dv1.t() @ x
         dg1 = rstd1 * ((gx * w1).sum(1) + dbe1 * (b1 - mean1))
         dw1 = gx.mul_(scale1[:, None])
         db1 = scale1 * dbe1
@@ -200,7 +230,7 @@ def dream_matrix_forward(
     `dream_matrix_backward` needs (empty when `need_backward` is False), which depend on the
     implementation: Triton `[z1, u, p, cs, z2]` (`z1`, `z2` the pre-BN GEMM outputs, `u` the
     concat, `p = max(c, s) u^2` the conv_cat input, `cs [N, 2]` the per-row (c, s)); torch
-    `[u, u^2, cs, r = u^2 W2^T, z2, S]` (`S [C, C]` the input covariance in train mode, empty in
+    `[u, cs, r = u^2 W2^T, z2, S]` (`S [C, C]` the input covariance in train mode, empty in
     eval mode); `mean*, var*` the statistics used (batch, biased variance, in train mode; copies
     of the running ones in eval mode, empty in eval mode without `need_backward`).
     `allow_tf32` lets the CUDA kernels use TF32 GEMMs (ignored elsewhere).
@@ -217,7 +247,7 @@ def _(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2, training, ep
         saved = [x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, 2), x.new_empty(n, k2)]
     else:
         cov = x.new_empty(c, c) if training else x.new_empty(0)
-        saved = [x.new_empty(n, k1), x.new_empty(n, k1), x.new_empty(n, 2), x.new_empty(n, k2), x.new_empty(n, k2), cov]
+        saved = [x.new_empty(n, k1), x.new_empty(n, 2), x.new_empty(n, k2), x.new_empty(n, k2), cov]
     if training or need_backward:
         stats = (x.new_empty(k1), x.new_empty(k1), x.new_empty(k2), x.new_empty(k2))
     else:
