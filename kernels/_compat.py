@@ -5,6 +5,9 @@ Kernels import `triton`/`tl` from here; ops wrap launches with `wrap_triton` fro
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+
+import torch
 
 try:
     import triton
@@ -28,3 +31,15 @@ def wrap_triton(kernel):
     from torch.library import wrap_triton as _wrap
 
     return _wrap(kernel)
+
+
+@contextmanager
+def cudnn_tf32(allowed: bool):
+    """cuDNN's TF32 switch set to `allowed` for the duration (torch's global default is on), then
+    the caller's setting back: the launchers' ATen convolutions follow their `allow_tf32`."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous

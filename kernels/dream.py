@@ -208,7 +208,7 @@ def _sum_partials(partial_ptr, out_ptr, M, num_blocks, ROWS: tl.constexpr, BLOCK
 @triton.jit
 def _bn_grad_coefs(sums_ptr, mean_ptr, var_ptr, g_ptr, offs, mask, M, N, eps, TRAIN: tl.constexpr):
     """For dz = a dv + b (z - mean) + c (the BatchNorm backward as an affine map, see
-    `_bn_relu_backward` in ops/dream.py): returns a, b, c from sums = (sum dv, sum dv (z-mean))."""
+    `batchnorm_relu_backward` in reference/batchnorm.py): returns a, b, c from sums = (sum dv, sum dv (z-mean))."""
     rstd = 1.0 / tl.sqrt(tl.load(var_ptr + offs, mask=mask, other=1.0) + eps)
     a = tl.load(g_ptr + offs, mask=mask, other=0.0) * rstd
     if TRAIN:
@@ -220,6 +220,20 @@ def _bn_grad_coefs(sums_ptr, mean_ptr, var_ptr, g_ptr, offs, mask, M, N, eps, TR
         b = a * 0.0
         c = a * 0.0
     return a, b, c
+
+
+@triton.jit
+def _bn_relu_bwd_rows(gy_ptr, y_ptr, z_ptr, mean_ptr, var_ptr, g_ptr, sums_ptr, dz_ptr, rows, cols, mask, cmask,
+                      K, N, eps, TRAIN: tl.constexpr):
+    """dz = the BatchNorm + ReLU backward of gy for a row block of `[N, K]` matrices (stored at
+    dz_ptr and returned; 0 where masked), from sums = (sum dv, sum dv (z - mean))."""
+    offs = rows[:, None] * K + cols[None, :]
+    dv = tl.where(tl.load(y_ptr + offs, mask=mask, other=0.0) > 0, tl.load(gy_ptr + offs, mask=mask, other=0.0), 0.0)
+    zc = tl.load(z_ptr + offs, mask=mask, other=0.0) - tl.load(mean_ptr + cols, mask=cmask, other=0.0)[None, :]
+    a, b, c = _bn_grad_coefs(sums_ptr, mean_ptr, var_ptr, g_ptr, cols, cmask, K, N, eps, TRAIN)
+    dz = tl.where(mask, dv * a[None, :] + zc * b[None, :] + c[None, :], 0.0)
+    tl.store(dz_ptr + offs, dz, mask=mask)
+    return dz
 
 
 @triton.jit
@@ -236,12 +250,8 @@ def _fused_backward(gy_ptr, y_ptr, z2_ptr, mean2_ptr, var2_ptr, g2_ptr, sums2_pt
     rmask = rows < N
     cmask = cols < K
     mask = rmask[:, None] & cmask[None, :]
-    offs2 = rows[:, None] * K + cols[None, :]
-    dv2 = tl.where(tl.load(y_ptr + offs2, mask=mask, other=0.0) > 0, tl.load(gy_ptr + offs2, mask=mask, other=0.0), 0.0)
-    zc2 = tl.load(z2_ptr + offs2, mask=mask, other=0.0) - tl.load(mean2_ptr + cols, mask=cmask, other=0.0)[None, :]
-    a2, b2, c2 = _bn_grad_coefs(sums2_ptr, mean2_ptr, var2_ptr, g2_ptr, cols, cmask, K, N, eps, TRAIN)
-    dz2 = tl.where(mask, dv2 * a2[None, :] + zc2 * b2[None, :] + c2[None, :], 0.0)
-    tl.store(dz2_ptr + offs2, dz2, mask=mask)
+    dz2 = _bn_relu_bwd_rows(gy_ptr, y_ptr, z2_ptr, mean2_ptr, var2_ptr, g2_ptr, sums2_ptr, dz2_ptr, rows, cols,
+                            mask, cmask, K, N, eps, TRAIN)
     c = tl.load(cs_ptr + rows * 2, mask=rmask, other=0.0)
     s = tl.load(cs_ptr + rows * 2 + 1, mask=rmask, other=0.0)
     m = tl.maximum(c, s)

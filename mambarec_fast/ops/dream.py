@@ -20,11 +20,11 @@ ops, rearranged so that the first BatchNorm folds into its GEMM in train mode to
 above `_forward_torch`). Only the centre taps enter the op (sliced out of the 4-D conv weights, so the other taps get
 exactly zero gradient, as in the reference).
 
-General path (`[B, C, H, W]`, `[B, S, C]`): NOT fused yet. The fast module runs the reference
-computation (`mambarec_fast.reference.DREAM.forward`) with its own parameters, so it is correct
-there but no faster. The same fallback serves any configuration the matrix op does not cover
-(BatchNorm submodules switched to a different train/eval mode than the block, or without running
-statistics).
+General path (`[B, C, H, W]`, `[B, S, C]`): the op of `ops/dream_map.py` (Triton implicit-GEMM
+dilated convs on CUDA; torch convs with the same analytic backward elsewhere). The reference
+computation (`mambarec_fast.reference.DREAM.forward`, with this module's parameters) serves what
+neither op covers: BatchNorm submodules switched to a different train/eval mode than the block or
+without running statistics, and an empty batch of maps in eval mode.
 """
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ import torch
 from torch import Tensor
 
 from mambarec_fast.kernels._compat import HAS_TRITON
+from mambarec_fast.ops.dream_map import dream_map_forward
+from mambarec_fast.reference.batchnorm import batchnorm_affine, batchnorm_relu_backward
 from mambarec_fast.reference.dream import DREAM as ReferenceDREAM
-from mambarec_fast.reference.dream import to_feature_map
+from mambarec_fast.reference.dream import as_map, to_feature_map, to_rows
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -55,21 +57,6 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64
 # The remaining [N, 5Ch] work (u^2 and the products with it; dv1 and the three products with it)
 # runs over blocks of rows, so that those temporaries stay in cache and are never allocated at
 # full size: of the [N, 5Ch] matrices only u is stored (kept for the backward).
-def _bn_scale_shift(z: Tensor, training: bool, running_mean: Tensor, running_var: Tensor, gamma, beta, eps):
-    """BatchNorm over the rows of `z [N, K]` as one affine map `z * scale + shift` (as ATen's CPU
-    BatchNorm does). Returns `scale, shift, mean, var`: the statistics used (batch, biased
-    variance, in train mode; copies of the running ones in eval mode)."""
-    if training:
-        # Two-pass (mean, then squared deviations): stable, and several times faster on the CPU
-        # than torch.var_mean's column-wise reduction over a row-major matrix.
-        mean = z.mean(0)
-        var = (z - mean).square_().mean(0)
-    else:
-        mean, var = running_mean.clone(), running_var.clone()
-    scale = gamma * torch.rsqrt(var + eps)
-    return scale, beta - mean * scale, mean, var
-
-
 def _attention(u: Tensor, wcs: Tensor) -> tuple[Tensor, Tensor]:
     """`cs [N, 2]` = (ReLU(w_c . u_n), sigmoid(w_s . u_n)) and `m = max(c, s)` as a column `[N, 1]`."""
     pre = u @ wcs.t()
@@ -127,41 +114,16 @@ def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
     cs = torch.stack((torch.relu(pre[:, 0]), torch.sigmoid(pre[:, 1])), dim=1)
     m = torch.maximum(cs[:, 0], cs[:, 1]).unsqueeze(1)
     z2 = torch.addcmul(b2, r, m)
-    scale2, shift2, mean2, var2 = _bn_scale_shift(z2, training, rm2, rv2, g2, be2, eps)
+    scale2, shift2, mean2, var2 = batchnorm_affine(z2, training, rm2, rv2, g2, be2, eps)
     y = torch.addcmul(shift2, z2, scale2).relu_()
     saved = [u, cs, r, z2, cov] if need_backward else []
     return y, saved, mean1, var1, mean2, var2
 
 
-def _bn_relu_backward(gy: Tensor, y: Tensor, z: Tensor, gamma: Tensor, mean: Tensor, var: Tensor, training: bool, eps: float):
-    """Backward of `y = ReLU(gamma * zhat + beta)`, `zhat = (z - mean) * rstd`, `rstd = (var + eps)^-1/2`.
-
-    With dv = dy * [y > 0]: dbeta = sum(dv), dgamma = rstd * sum(dv * (z - mean)).
-    Train mode (batch statistics over n rows):
-        dz = gamma * rstd * (dv - dbeta / n - zhat * dgamma / n),
-    written as one affine map of (dv, z - mean); eval mode (running statistics are constants):
-        dz = gamma * rstd * dv.
-    Returns dz, dgamma, dbeta.
-    """
-    dv = torch.ops.aten.threshold_backward(gy, y, 0)
-    rstd = torch.rsqrt(var + eps)
-    zc = z - mean
-    work = dv * zc
-    dbeta = dv.sum(0)
-    dgamma = rstd * work.sum(0)
-    scale = gamma * rstd
-    if not training:
-        return dv.mul_(scale), dgamma, dbeta
-    n = dv.shape[0]
-    # reuse the work buffer: dz = scale * dv + zc * (-scale rstd dgamma / n) - scale dbeta / n
-    torch.addcmul(-scale * dbeta / n, zc, -scale * rstd * dgamma / n, out=work)
-    return work.addcmul_(dv, scale), dgamma, dbeta
-
-
 def _backward_torch(gy, x, w1, b1, g1, wcs, w2, g2, y, saved, mean1, var1, mean2, var2, training, eps):
     u, cs, r, z2, cov = saved
     n, c, k1 = x.shape[0], x.shape[1], w1.shape[0]
-    dz2, dg2, dbe2 = _bn_relu_backward(gy, y, z2, g2, mean2, var2, training, eps)
+    dz2, dg2, dbe2 = batchnorm_relu_backward(gy, y, z2, g2, mean2, var2, training, eps)
     c_att, s_att = cs[:, 0], cs[:, 1]
     m = torch.maximum(c_att, s_att).unsqueeze(1)
     db2 = dz2.sum(0)
@@ -325,9 +287,9 @@ class DREAM(ReferenceDREAM):
     """Fast drop-in for `mambarec_fast.reference.DREAM(dim_in, dim_out, rate=1, bn_mom=0.1)`.
 
     Same submodules, parameters, buffers and state_dict names (the authors'), same outputs,
-    gradients and running-statistic updates. `[N, dim_in]` inputs (float16/bfloat16/float32/float64)
-    take the fused matrix path (see the module docstring); `[B, S, dim_in]` and
-    `[B, dim_in, H, W]` run the reference computation (not fused yet).
+    gradients and running-statistic updates, for float16/bfloat16/float32/float64 inputs:
+    `[N, dim_in]` takes the fused matrix path, `[B, S, dim_in]` and `[B, dim_in, H, W]` the fused
+    general path (see the module docstring).
 
     `forward(x, running_stat_updates=1)`: in train mode every BatchNorm's running statistics get
     `running_stat_updates` momentum updates with this call's batch statistics (and
@@ -350,15 +312,17 @@ class DREAM(ReferenceDREAM):
     def _branch_bns(self):
         return (self.branch1[1], self.branch2[1], self.branch3[1], self.branch4[1], self.branch5_bn)
 
-    def _matrix_path_applies(self, x: Tensor) -> bool:
+    def _fused_ops_apply(self) -> bool:
+        """The fused ops assume every BatchNorm follows the block's mode, with affine parameters,
+        running statistics and one eps."""
         bns = (*self._branch_bns(), self.conv_cat[1])
-        return x.dim() == 2 and all(
+        return all(
             bn.training == self.training and bn.affine and bn.running_mean is not None and bn.eps == bns[0].eps
             for bn in bns
         )
 
     def forward(self, x: Tensor, running_stat_updates: int = 1) -> Tensor:
-        to_feature_map(x, self.dim_in)  # the reference's checks: type, rank, channel count, float
+        fmap, layout = to_feature_map(x, self.dim_in)  # the reference's checks: type, rank, channels, float
         if x.dtype not in _SUPPORTED_DTYPES or x.dtype != self.conv_cat[0].weight.dtype:
             raise TypeError(
                 f"DREAM expects input of its parameters' dtype {self.conv_cat[0].weight.dtype} "
@@ -366,14 +330,21 @@ class DREAM(ReferenceDREAM):
             )
         if not isinstance(running_stat_updates, int) or running_stat_updates < 1:
             raise ValueError(f"running_stat_updates must be a positive int, got {running_stat_updates!r}")
-        if self._matrix_path_applies(x):
+        if fmap.shape[2] * fmap.shape[3] == 0:
+            raise ValueError(f"DREAM needs a non-empty spatial size, got input shape {tuple(x.shape)}")
+        if not self._fused_ops_apply():
+            y = self._forward_reference(x)
+        elif layout == "matrix":
             y = self._forward_matrix(x)
         else:
-            y = self._forward_reference(x)
+            y = self._forward_map(x, fmap)
         if self.training:  # an eval-mode call updates nothing, however often it is repeated
             for _ in range(running_stat_updates - 1):
                 self.repeat_running_stats_update()
         return y
+
+    def _needs_backward(self, x: Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in self.parameters()))
 
     def _forward_matrix(self, x: Tensor) -> Tensor:
         if self.training and x.shape[0] < 2:
@@ -381,30 +352,64 @@ class DREAM(ReferenceDREAM):
                 f"DREAM in train mode needs more than 1 row for its BatchNorm batch statistics, "
                 f"got input shape {tuple(x.shape)}"
             )
-        need_backward = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in self.parameters()))
+        need_backward = self._needs_backward(x)
         y, _saved, mean1, var1, mean2, var2 = dream_matrix_forward(
-            x, *self._packed_parameters(cacheable=not need_backward), self.training, self.conv_cat[1].eps,
+            x, *self._packed_parameters(not need_backward, matrix=True), self.training, self.conv_cat[1].eps,
             need_backward, self.allow_tf32,
         )
         if self.training:
-            n = x.shape[0]
-            unbias = n / (n - 1)
-            self._last_batch_stats = (mean1.detach(), var1.detach() * unbias, mean2.detach(), var2.detach() * unbias)
-            self.repeat_running_stats_update()
+            self._record_batch_stats(mean1, var1, mean2, var2, rows=x.shape[0], samples=x.shape[0])
         return y
 
-    def _packed_parameters(self, cacheable: bool) -> tuple[Tensor, ...]:
-        """`(w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2)` as `dream_matrix_forward`
-        takes them, built with differentiable torch ops. Without autograd the result is cached
-        until a source tensor moves or changes (its version counter), so that an eval-mode
-        forward is the op alone (one kernel launch on CUDA)."""
+    def _forward_map(self, x: Tensor, fmap: Tensor) -> Tensor:
+        batch, _, height, width = fmap.shape
+        if self.training and batch < 2:
+            raise ValueError(
+                f"DREAM in train mode needs more than 1 sample for branch 5's BatchNorm (over the pooled "
+                f"[B, {self.dim_out}] features), got input shape {tuple(x.shape)}"
+            )
+        if batch == 0:  # eval mode: the reference's empty result, shapes and all
+            return self._forward_reference(x)
+        need_backward = self._needs_backward(x)
+        # float16/bfloat16 maps compute in float32 (as ATen's BatchNorm does inside): their
+        # statistics over B·H·W pixels would otherwise round at every step.
+        compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        params = (t.to(compute) for t in self._packed_parameters(not need_backward, matrix=False))
+        y, *_saved, mean1, var1, mean2, var2 = dream_map_forward(
+            to_rows(fmap).to(compute), *params, batch, height, width,
+            self.rate, self.training, self.conv_cat[1].eps, need_backward, self.allow_tf32,
+        )
+        if self.training:
+            self._record_batch_stats(mean1, var1, mean2, var2, rows=y.shape[0], samples=batch)
+        return as_map(y.to(x.dtype), batch, height, width).contiguous()
+
+    def _record_batch_stats(self, mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor, rows: int, samples: int):
+        """Keep the batch statistics (unbiased variances, as BatchNorm's running update uses) and
+        apply the running update. Branches 1-4 and conv_cat normalise over `rows` (pixels);
+        branch 5 over `samples` (its pooled features)."""
+        unbias = torch.full_like(var1, rows / (rows - 1))
+        unbias[4 * self.dim_out:] = samples / (samples - 1)
+        self._last_batch_stats = (mean1.detach(), var1.detach() * unbias, mean2.detach(), var2.detach() * (rows / (rows - 1)))
+        self.repeat_running_stats_update()
+
+    def _packed_parameters(self, cacheable: bool, matrix: bool) -> tuple[Tensor, ...]:
+        """The op's parameter arguments, built with differentiable torch ops:
+        `dream_matrix_forward`'s `(w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2)` (w1:
+        the five centre taps) when `matrix`, else `dream_map_forward`'s
+        `(wb1, wb2, wb3, wb4, w5, b1, ..., rv2)` (the five conv weights as they are). Without
+        autograd the result is cached until a source tensor moves or changes (its version
+        counter), so that an eval-mode forward is the op alone (one kernel launch on CUDA for a matrix)."""
         convs, bns, cat_conv, cat_bn = self._branch_convs(), self._branch_bns(), self.conv_cat[0], self.conv_cat[1]
         sources = (*self.parameters(), *self.buffers())
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) if cacheable else None
+        key = (matrix, tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)) if cacheable else None
         if key is not None and self._pack_cache is not None and self._pack_cache[0] == key:
             return self._pack_cache[1]
+        if matrix:
+            weights = (torch.cat([_centre_tap(conv.weight) for conv in convs]),)
+        else:
+            weights = tuple(conv.weight for conv in convs)
         packed = (
-            torch.cat([_centre_tap(conv.weight) for conv in convs]),
+            *weights,
             torch.cat([conv.bias for conv in convs]),
             torch.cat([bn.weight for bn in bns]),
             torch.cat([bn.bias for bn in bns]),

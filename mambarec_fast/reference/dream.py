@@ -45,8 +45,13 @@ class ChannelSpatialAttention(nn.Module):
         return torch.max(self.channel(u), self.spatial(u))
 
 
-def _conv_bn_relu(dim_in: int, dim_out: int, kernel: int, dilation: int, bn_mom: float) -> nn.Sequential:
-    padding = 0 if kernel == 1 else dilation
+def branch_geometry(rate: int) -> tuple[tuple[int, int, int], ...]:
+    """`(kernel, padding, dilation)` of the conv branches 1-4: 1x1, then 3x3 dilated 6r, 12r, 18r
+    with 'same' zero padding."""
+    return (1, 0, rate), (3, 6 * rate, 6 * rate), (3, 12 * rate, 12 * rate), (3, 18 * rate, 18 * rate)
+
+
+def _conv_bn_relu(dim_in: int, dim_out: int, kernel: int, padding: int, dilation: int, bn_mom: float) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(dim_in, dim_out, kernel, stride=1, padding=padding, dilation=dilation, bias=True),
         nn.BatchNorm2d(dim_out, momentum=bn_mom),
@@ -93,6 +98,16 @@ def from_feature_map(y: torch.Tensor, layout: str) -> torch.Tensor:
     return y
 
 
+def as_map(rows: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+    """`[B·H·W, K]` rows (one per pixel, channels last) -> a `[B, K, H, W]` view."""
+    return rows.view(batch, height, width, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def to_rows(fmap: torch.Tensor) -> torch.Tensor:
+    """`[B, K, H, W]` -> `[B·H·W, K]` rows (a view when `fmap` is channels-last, else a copy)."""
+    return fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1])
+
+
 class DREAM(nn.Module):
     """The authors' DREAM block: `DREAM(dim_in, dim_out, rate=1, bn_mom=0.1)`.
 
@@ -105,14 +120,12 @@ class DREAM(nn.Module):
         if dim_in <= 0 or dim_out <= 0 or rate <= 0:
             raise ValueError(f"DREAM needs positive dim_in, dim_out and rate, got {dim_in}, {dim_out}, {rate}")
         self.dim_in, self.dim_out, self.rate = dim_in, dim_out, rate
-        self.branch1 = _conv_bn_relu(dim_in, dim_out, 1, rate, bn_mom)
-        self.branch2 = _conv_bn_relu(dim_in, dim_out, 3, 6 * rate, bn_mom)
-        self.branch3 = _conv_bn_relu(dim_in, dim_out, 3, 12 * rate, bn_mom)
-        self.branch4 = _conv_bn_relu(dim_in, dim_out, 3, 18 * rate, bn_mom)
+        for index, geometry in enumerate(branch_geometry(rate), start=1):
+            setattr(self, f"branch{index}", _conv_bn_relu(dim_in, dim_out, *geometry, bn_mom))
         self.branch5_conv = nn.Conv2d(dim_in, dim_out, 1, 1, 0, bias=True)
         self.branch5_bn = nn.BatchNorm2d(dim_out, momentum=bn_mom)
         self.branch5_relu = nn.ReLU(inplace=True)
-        self.conv_cat = _conv_bn_relu(dim_out * 5, dim_out, 1, 1, bn_mom)
+        self.conv_cat = _conv_bn_relu(dim_out * 5, dim_out, 1, 0, 1, bn_mom)
         self.fusion = ChannelSpatialAttention(dim_out * 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
