@@ -1,9 +1,8 @@
 """DREAM benchmark: the fast block against the reference (eager and `torch.compile`d), same run.
 
 Cases: `dream_train` (train-mode forward + backward of `[N, 64]`), `dream_eval` (eval-mode
-forward, no grad), `dream_map` (train forward + backward of a `[32, 64, 64, 64]` map: the general
-path, which the fast module runs as the reference computation for now). Run as a script to print
-a table; `run()` returns the rows.
+forward, no grad), `dream_map_train` / `dream_map_eval` (the same on a `[32, 64, 64, 64]` map: the
+general path). Run as a script to print a table; `run()` returns the rows.
 """
 from __future__ import annotations
 
@@ -59,7 +58,7 @@ def _impls(device: str, with_compile: bool):
 def _case_rows(case, size, device, impls, make_step, x, repeats):
     rows = []
     for impl, module in impls.items():
-        module.train(case != "dream_eval")
+        module.train(not case.endswith("_eval"))
         try:
             m = measure(make_step(module, x), device=device, repeats=repeats, warmup=2 if impl == "compile" else 1)
         except Exception as exc:  # a failed compile is reported, not fatal
@@ -84,7 +83,10 @@ def run(device="cpu", sizes=(7050, 18357, 23033, 100000), repeats=5, with_compil
     if with_map:
         x = torch.randn(MAP_SHAPE, device=device, requires_grad=True)
         map_impls = {k: v for k, v in impls.items() if k != "compile" or device != "cpu"}
-        rows += _case_rows("dream_map", "x".join(map(str, MAP_SHAPE)), device, map_impls, _train_step, x, max(1, repeats // 2))
+        size = "x".join(map(str, MAP_SHAPE))
+        map_repeats = max(1, repeats // 2)
+        rows += _case_rows("dream_map_train", size, device, map_impls, _train_step, x, map_repeats)
+        rows += _case_rows("dream_map_eval", size, device, map_impls, _eval_step, x.detach(), map_repeats)
     return rows
 
 
