@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mambarec_fast-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh csrc/*/*.h csrc/*.h)
 
-.PHONY: test bench venv clean cuda-check wheel wheel-smoke
+.PHONY: test bench venv clean cuda-check triton-check wheel wheel-smoke
 
 # Compile check of the torch-free CUDA kernels with the machine's nvcc (no CUDA torch needed), with
 # ptxas's register/spill report; skipped with a message when nvcc is absent.
@@ -40,6 +40,11 @@ cuda-check:
 		echo "cuda-check: $(NVCC) not found, skipping the CUDA compile check"; \
 	fi
 
+# Compile every Triton kernel for sm_90 with Triton's own compiler (no GPU needed): what the
+# interpreter tests cannot catch. About 2 minutes cold; Triton caches the results.
+triton-check: $(STAMP)
+	TRITON_INTERPRET=0 TRITON_DEFAULT_FP_FUSION=1 $(PY) tests/triton_compile_check.py
+
 # A wheel of the project with its compiled extension (CPU here; FORCE_CUDA=1 for CUDA kernels).
 wheel: $(STAMP)
 	rm -rf dist build/bdist* build/lib*
@@ -56,7 +61,7 @@ wheel-smoke: wheel
 	$(PY) -m pip install -q --no-deps --no-index --target $$site dist/*.whl
 	cd build && wheel-venv/bin/python ../tests/wheel_smoke.py
 
-test: $(STAMP) cuda-check wheel-smoke
+test: $(STAMP) cuda-check triton-check wheel-smoke
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
