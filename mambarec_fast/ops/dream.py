@@ -57,9 +57,9 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64
 # The remaining [N, 5Ch] work (u^2 and the products with it; dv1 and the three products with it)
 # runs over blocks of rows, so that those temporaries stay in cache and are never allocated at
 # full size: of the [N, 5Ch] matrices only u is stored (kept for the backward).
-def _attention(u: Tensor, wcs: Tensor) -> tuple[Tensor, Tensor]:
-    """`cs [N, 2]` = (ReLU(w_c . u_n), sigmoid(w_s . u_n)) and `m = max(c, s)` as a column `[N, 1]`."""
-    pre = u @ wcs.t()
+def _gates(pre: Tensor) -> tuple[Tensor, Tensor]:
+    """From the attention pre-activations `pre = u wcs^T [N, 2]`: `cs [N, 2]` = (ReLU(w_c . u_n),
+    sigmoid(w_s . u_n)) and `m = max(c, s)` as a column `[N, 1]`."""
     cs = torch.stack((torch.relu(pre[:, 0]), torch.sigmoid(pre[:, 1])), dim=1)
     return cs, torch.maximum(cs[:, 0], cs[:, 1]).unsqueeze(1)
 
@@ -84,7 +84,7 @@ def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
         # Eval inference: fold each BatchNorm into its GEMM (scale the weight rows, shift the bias).
         scale1 = g1 * torch.rsqrt(rv1 + eps)
         u = torch.addmm((b1 - rm1) * scale1 + be1, x, (w1 * scale1[:, None]).t()).relu_()
-        _cs, m = _attention(u, wcs)
+        _cs, m = _gates(u @ wcs.t())
         p = (u * m).mul_(u)
         scale2 = g2 * torch.rsqrt(rv2 + eps)
         y = torch.addmm((b2 - rm2) * scale2 + be2, p, (w2 * scale2[:, None]).t()).relu_()
@@ -110,9 +110,7 @@ def _forward_torch(x, w1, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
         ub = torch.addmm(shift1, xc[rows], w1s_t, out=u[rows]).relu_()
         torch.mm(ub, wcs.t(), out=pre[rows])
         torch.mm(torch.mul(ub, ub, out=sq[: ub.shape[0]]), w2.t(), out=r[rows])
-    # (c, s, m) as `_attention` computes them, from the pre-activations gathered over the blocks
-    cs = torch.stack((torch.relu(pre[:, 0]), torch.sigmoid(pre[:, 1])), dim=1)
-    m = torch.maximum(cs[:, 0], cs[:, 1]).unsqueeze(1)
+    cs, m = _gates(pre)  # from the pre-activations gathered over the blocks
     z2 = torch.addcmul(b2, r, m)
     scale2, shift2, mean2, var2 = batchnorm_affine(z2, training, rm2, rv2, g2, be2, eps)
     y = torch.addcmul(shift2, z2, scale2).relu_()
