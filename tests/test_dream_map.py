@@ -37,7 +37,11 @@ def test_matches_reference(shape, training):
     ref, fast = pair(seed=sum(shape))
     ref.train(training)
     fast.train(training)
-    compare_steps(ref, fused_only(fast), torch.randn(shape, dtype=torch.float64), steps=2)
+    x = torch.randn(shape, dtype=torch.float64)
+    compare_steps(ref, fused_only(fast), x, steps=2)
+    if not training:
+        with torch.no_grad():  # the folded inference branch
+            assert rel_err(fast(x), ref(x)) < 1e-10
 
 
 def test_rate2_noncontiguous_channels_last_and_eval_after_training():

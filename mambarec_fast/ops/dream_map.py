@@ -43,9 +43,44 @@ from mambarec_fast.reference.dream import as_map, branch_geometry, to_rows
 # --------------------------------------------------------------------------------------------
 # The algebra in torch ops (CPU and any dtype/device the Triton kernels do not take)
 # --------------------------------------------------------------------------------------------
+def _map_inference_torch(x, wb1, wb2, wb3, wb4, w5, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
+                         batch, height, width, rate, eps):
+    """`y [P, K]` in eval mode without autograd: both BatchNorms folded into the convs / conv_cat
+    (weights scaled, biases shifted), branch by branch, so that no `[P, 4K]` or `[P, 5K]`
+    matrix is built (branch 5's share of conv_cat is m_p (u5_b^2 W2_5^T), one `[B, K]` product)."""
+    k, hw = w2.shape[0], height * width
+    k4 = 4 * k
+    scale1 = g1 * torch.rsqrt(rv1 + eps)
+    shift1 = (b1 - rm1) * scale1 + be1
+    scale2 = g2 * torch.rsqrt(rv2 + eps)
+    w2s = w2 * scale2[:, None]
+    x4 = as_map(x, batch, height, width)
+    branches = [slice(j * k, (j + 1) * k) for j in range(5)]
+    us = [
+        to_rows(F.conv2d(x4, w * scale1[cols, None, None, None], shift1[cols], padding=pad, dilation=dil)).relu_()
+        for w, cols, (_kernel, pad, dil) in zip((wb1, wb2, wb3, wb4), branches, branch_geometry(rate))
+    ]
+    u5 = torch.addmm(shift1[k4:], x.view(batch, hw, -1).mean(1), (w5.flatten(1) * scale1[k4:, None]).t()).relu_()
+    pre = (u5 @ wcs[:, k4:].t()).unsqueeze(1).expand(batch, hw, 2).reshape(-1, 2)
+    for u, cols in zip(us, branches):
+        pre.addmm_(u, wcs[:, cols].t())
+    pre = pre.view(batch, hw, 2)
+    m = torch.maximum(pre[..., 0].mean(1).relu_().unsqueeze(1), torch.sigmoid(pre[..., 1]))  # [B, HW]
+    y = ((u5 * u5) @ w2s[:, k4:].t()).unsqueeze(1).mul(m.unsqueeze(2)).view(-1, k)
+    y.add_((b2 - rm2) * scale2 + be2)
+    m = m.view(-1, 1)
+    for u, cols in zip(us, branches):
+        y.addmm_((u * m).mul_(u), w2s[:, cols].t())  # p = (u m) u, as the reference rounds
+    return y.relu_()
+
+
 def _map_forward_torch(x, wb1, wb2, wb3, wb4, w5, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
                        batch, height, width, rate, training, eps, need_backward):
     k, hw = w2.shape[0], height * width
+    if not training and not need_backward:
+        y = _map_inference_torch(x, wb1, wb2, wb3, wb4, w5, b1, g1, be1, rm1, rv1, wcs, w2, b2, g2, be2, rm2, rv2,
+                                 batch, height, width, rate, eps)
+        return (y, *(x.new_empty(0) for _ in range(8)), rm1.clone(), rv1.clone(), rm2.clone(), rv2.clone())
     k4 = 4 * k
     x4 = as_map(x, batch, height, width)
     convs = [
