@@ -115,9 +115,8 @@ def _map_backward_torch(gy, x, wb1, wb2, wb3, wb4, w5, g1, wcs, w2, g2, y, z1, u
     k4 = 4 * k
     dz2, dg2, dbe2 = batchnorm_relu_backward(gy, y, z2, g2, mean2, var2, training, eps)
     dw2, db2 = dz2.t() @ p, dz2.sum(0)
-    dp = dz2 @ w2  # [P, 5K]
-    q = dp[:, :k4] * u
-    q5 = dp[:, k4:].view(batch, hw, k) * u5.unsqueeze(1)
+    q = (dz2 @ w2[:, :k4]).mul_(u)  # dp u, branch by branch (dp = dz2 W2)
+    q5 = (dz2 @ w2[:, k4:]).view(batch, hw, k).mul_(u5.unsqueeze(1))
     dm = (q * u).sum(1).view(batch, hw) + (q5 * u5.unsqueeze(1)).sum(2)
     s = s.view(batch, hw)
     c = tau.relu().unsqueeze(1)
