@@ -36,21 +36,28 @@ def _pad(n: int) -> int:
 
 
 @triton.jit
+def _row_block(n, k, BN: tl.constexpr, KP: tl.constexpr):
+    """This program's row block of an `[n, k]` matrix: `(i, rows, cols, rmask, cmask, mask)`
+    (block index, row and column indices, their bounds masks, and the 2-D mask)."""
+    i = tl.program_id(0)
+    rows = i * BN + tl.arange(0, BN)
+    cols = tl.arange(0, KP)
+    rmask = rows < n
+    cmask = cols < k
+    return i, rows, cols, rmask, cmask, rmask[:, None] & cmask[None, :]
+
+
+@triton.jit
 def _branch_gemm_stats(x_ptr, w1_ptr, b1_ptr, z1_ptr, pmean_ptr, pm2_ptr, N, C, K,
                        BN: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr, PREC: tl.constexpr):
     """Program (row block i, branch br): z1[i, br] = x W1_br^T + b1_br, and the block's per-column
     mean and M2 = sum((z - mean)^2) into pmean/pm2 [num_blocks, 5K]."""
-    i = tl.program_id(0)
+    i, rows, cols, rmask, cmask, mask = _row_block(N, K, BN, KP)
     br = tl.program_id(1)
-    rows = i * BN + tl.arange(0, BN)
     cin = tl.arange(0, CP)
-    cols = tl.arange(0, KP)
-    rmask = rows < N
-    cmask = cols < K
     x = tl.load(x_ptr + rows[:, None] * C + cin[None, :], mask=rmask[:, None] & (cin[None, :] < C), other=0.0)
     wt = tl.load(w1_ptr + (br * K + cols[None, :]) * C + cin[:, None], mask=(cin[:, None] < C) & cmask[None, :], other=0.0)
     z = tl.dot(x, wt, input_precision=PREC) + tl.load(b1_ptr + br * K + cols, mask=cmask, other=0.0)[None, :]
-    mask = rmask[:, None] & cmask[None, :]
     tl.store(z1_ptr + rows[:, None] * (5 * K) + br * K + cols[None, :], z, mask=mask)
     count = tl.minimum(N - i * BN, BN).to(tl.float32)
     mean = tl.sum(tl.where(mask, z, 0.0), axis=0) / count
@@ -107,13 +114,8 @@ def _fused_forward(x_ptr, w1_ptr, b1_ptr, mean1_ptr, var1_ptr, g1_ptr, be1_ptr, 
     p = m u^2, z2 = p W2^T + b2. FINAL (eval): y = ReLU(BN2(z2)) with the running statistics
     (mean2/var2 pointers); else the block's (mean, M2) partials of z2. SAVE stores u, p, cs for
     the backward, STORE_Z1 / STORE_Z2 store z1 / z2."""
-    i = tl.program_id(0)
-    rows = i * BN + tl.arange(0, BN)
+    i, rows, cols, rmask, cmask, mask = _row_block(N, K, BN, KP)
     cin = tl.arange(0, CP)
-    cols = tl.arange(0, KP)
-    rmask = rows < N
-    cmask = cols < K
-    mask = rmask[:, None] & cmask[None, :]
     x = tl.load(x_ptr + rows[:, None] * C + cin[None, :], mask=rmask[:, None] & (cin[None, :] < C), other=0.0)
     att_c = tl.zeros([BN], dtype=tl.float32)
     att_s = tl.zeros([BN], dtype=tl.float32)
@@ -167,10 +169,7 @@ def _fused_forward(x_ptr, w1_ptr, b1_ptr, mean1_ptr, var1_ptr, g1_ptr, be1_ptr, 
 @triton.jit
 def _bn_relu(z_ptr, mean_ptr, var_ptr, g_ptr, be_ptr, y_ptr, N, K, eps, BN: tl.constexpr, KP: tl.constexpr):
     """y = ReLU(BN(z)) for a row block of z [N, K]."""
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    cols = tl.arange(0, KP)
-    cmask = cols < K
-    mask = (rows < N)[:, None] & cmask[None, :]
+    _, rows, cols, _, cmask, mask = _row_block(N, K, BN, KP)
     scale, shift = _bn_affine(mean_ptr, var_ptr, g_ptr, be_ptr, cols, cmask, eps)
     z = tl.load(z_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
     tl.store(y_ptr + rows[:, None] * K + cols[None, :], tl.maximum(z * scale[None, :] + shift[None, :], 0.0), mask=mask)
@@ -179,11 +178,7 @@ def _bn_relu(z_ptr, mean_ptr, var_ptr, g_ptr, be_ptr, y_ptr, N, K, eps, BN: tl.c
 @triton.jit
 def _bn_relu_bwd_sums(gy_ptr, y_ptr, z_ptr, mean_ptr, partial_ptr, N, K, BN: tl.constexpr, KP: tl.constexpr):
     """Per row block, with dv = gy [y > 0]: partial[i] = (sum dv, sum dv (z - mean)) per column."""
-    i = tl.program_id(0)
-    rows = i * BN + tl.arange(0, BN)
-    cols = tl.arange(0, KP)
-    cmask = cols < K
-    mask = (rows < N)[:, None] & cmask[None, :]
+    i, rows, cols, _, cmask, mask = _row_block(N, K, BN, KP)
     offs = rows[:, None] * K + cols[None, :]
     y = tl.load(y_ptr + offs, mask=mask, other=0.0)
     dv = tl.where(y > 0, tl.load(gy_ptr + offs, mask=mask, other=0.0), 0.0)
@@ -244,12 +239,7 @@ def _fused_backward(gy_ptr, y_ptr, z2_ptr, mean2_ptr, var2_ptr, g2_ptr, sums2_pt
     (dc, ds) through max (ties half/half), ReLU and sigmoid, du = 2 m q + dc w_c + ds w_s,
     dv1 = du [u > 0]. Stores dz2, dv1 and the partials (sum dv1, sum dv1 (z1 - mean1),
     sum dc u, sum ds u) per column of 5K into partial[i, 4, 5K]."""
-    i = tl.program_id(0)
-    rows = i * BN + tl.arange(0, BN)
-    cols = tl.arange(0, KP)
-    rmask = rows < N
-    cmask = cols < K
-    mask = rmask[:, None] & cmask[None, :]
+    i, rows, cols, rmask, cmask, mask = _row_block(N, K, BN, KP)
     dz2 = _bn_relu_bwd_rows(gy_ptr, y_ptr, z2_ptr, mean2_ptr, var2_ptr, g2_ptr, sums2_ptr, dz2_ptr, rows, cols,
                             mask, cmask, K, N, eps, TRAIN)
     c = tl.load(cs_ptr + rows * 2, mask=rmask, other=0.0)
@@ -287,13 +277,8 @@ def _fused_backward(gy_ptr, y_ptr, z2_ptr, mean2_ptr, var2_ptr, g2_ptr, sums2_pt
 def _bn_bwd_dx(dv1_ptr, z1_ptr, mean1_ptr, var1_ptr, g1_ptr, sums1_ptr, w1_ptr, dz1_ptr, dx_ptr, N, C, K, eps,
                BN: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr, PREC: tl.constexpr, TRAIN: tl.constexpr):
     """One row block: dz1 = BN1 backward of dv1 (stored, for dW1) and dx = dz1 W1."""
-    i = tl.program_id(0)
-    rows = i * BN + tl.arange(0, BN)
-    cols = tl.arange(0, KP)
+    _, rows, cols, rmask, cmask, mask = _row_block(N, K, BN, KP)
     cin = tl.arange(0, CP)
-    rmask = rows < N
-    cmask = cols < K
-    mask = rmask[:, None] & cmask[None, :]
     dx = tl.zeros([BN, CP], dtype=tl.float32)
     for br in range(5):
         offs = br * K + cols

@@ -49,6 +49,7 @@ from .dream import (
     _bn_relu_bwd_sums,
     _combined_stats,
     _pad,
+    _row_block,
     _precision,
     _summed,
 )
@@ -106,18 +107,13 @@ def _conv_rows(x_ptr, taps_ptr, b1_ptr, z1_ptr, pmean_ptr, pm2_ptr, P, C, K, H, 
                BN: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr, PREC: tl.constexpr, STATS: tl.constexpr):
     """Program (row block i, branch j): z1[i, jK:(j+1)K] = conv_j(x) + b1_j; with STATS the block's
     (mean, M2) partials into pmean/pm2 [num_blocks, 4K]."""
-    i = tl.program_id(0)
+    i, rows, cols, rmask, cmask, mask = _row_block(P, K, BN, KP)
     j = tl.program_id(1)
-    rows = i * BN + tl.arange(0, BN)
-    cols = tl.arange(0, KP)
-    rmask = rows < P
-    cmask = cols < K
     acc = tl.zeros([BN, KP], dtype=tl.float32)
     acc = _conv_taps(acc, x_ptr, C, 0, C, taps_ptr, 1, C, K, K * C, rows, rmask, H, W, j, rate,
                      SIGN=1, SP=CP, DP=KP, PREC=PREC)
     offs = j * K + cols
     z = acc + tl.load(b1_ptr + offs, mask=cmask, other=0.0)[None, :]
-    mask = rmask[:, None] & cmask[None, :]
     tl.store(z1_ptr + rows[:, None] * (4 * K) + offs[None, :], z, mask=mask)
     if STATS:
         _block_stats(z, mask, P - i * BN, pmean_ptr + i * (4 * K), pm2_ptr + i * (4 * K), offs, cmask, BN)
@@ -136,11 +132,7 @@ def _attention_rows(z1_ptr, mean1_ptr, var1_ptr, g1_ptr, be1_ptr, u5_ptr, wcs_pt
                     P, K, HW, eps, BN: tl.constexpr, KP: tl.constexpr, SAVE: tl.constexpr):
     """One row block: u = ReLU(BN1(z1)) (stored with SAVE), u5 gathered from its sample, and per
     row t = w_c . u, s = sigmoid(w_s . u) over all 5K channels."""
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    cols = tl.arange(0, KP)
-    rmask = rows < P
-    cmask = cols < K
-    mask = rmask[:, None] & cmask[None, :]
+    _, rows, cols, rmask, cmask, mask = _row_block(P, K, BN, KP)
     t = tl.zeros([BN], dtype=tl.float32)
     a = tl.zeros([BN], dtype=tl.float32)
     for j in range(4):
@@ -178,12 +170,7 @@ def _fuse_rows(z1_ptr, mean1_ptr, var1_ptr, g1_ptr, be1_ptr, u5_ptr, s_ptr, tau_
     """One row block: m = max(ReLU(tau_b), s), p = (u m) u over the 5 branches (u recomputed from
     z1; branch 5 from u5 gathered), z2 = p W2^T + b2. SAVE stores p, STORE_Z2 stores z2. FINAL
     (eval): y = ReLU(BN2(z2)) with the statistics at mean2/var2; else z2's (mean, M2) partials."""
-    i = tl.program_id(0)
-    rows = i * BN + tl.arange(0, BN)
-    cols = tl.arange(0, KP)
-    rmask = rows < P
-    cmask = cols < K
-    mask = rmask[:, None] & cmask[None, :]
+    i, rows, cols, rmask, cmask, mask = _row_block(P, K, BN, KP)
     img = rows // HW
     m = tl.maximum(tl.maximum(tl.load(tau_ptr + img, mask=rmask, other=0.0), 0.0),
                    tl.load(s_ptr + rows, mask=rmask, other=0.0))
@@ -216,12 +203,7 @@ def _bwd_rows_dm(gy_ptr, y_ptr, z2_ptr, mean2_ptr, var2_ptr, g2_ptr, sums2_ptr, 
     """One row block: dz2 = BN2 + ReLU backward of gy (stored), dp = dz2 W2, q = dp u,
     dm = sum over the 5K channels of q u, to_c per torch.maximum's tie rule; stores per row
     rowv[P, 3] = (dm to_c, dsig = dm (1 - to_c) s (1 - s), m)."""
-    i = tl.program_id(0)
-    rows = i * BN + tl.arange(0, BN)
-    cols = tl.arange(0, KP)
-    rmask = rows < P
-    cmask = cols < K
-    mask = rmask[:, None] & cmask[None, :]
+    _, rows, cols, rmask, cmask, mask = _row_block(P, K, BN, KP)
     dz2 = _bn_relu_bwd_rows(gy_ptr, y_ptr, z2_ptr, mean2_ptr, var2_ptr, g2_ptr, sums2_ptr, dz2_ptr, rows, cols,
                             mask, cmask, K, P, eps, TRAIN)
     img = rows // HW
@@ -248,12 +230,7 @@ def _bwd_rows_du(dz2_ptr, w2_ptr, wcs_ptr, u_ptr, z1_ptr, mean1_ptr, rowv_ptr, d
     """One row block, branches 1-4: du = 2 m q + (dtau_b / HW) w_c + dsig w_s, dv1 = du [u > 0]
     (stored), and per column of 4K the partials (sum dv1, sum dv1 (z1 - mean1), sum (dtau_b / HW) u,
     sum dsig u) into partial[i, 4, 4K]."""
-    i = tl.program_id(0)
-    rows = i * BN + tl.arange(0, BN)
-    cols = tl.arange(0, KP)
-    rmask = rows < P
-    cmask = cols < K
-    mask = rmask[:, None] & cmask[None, :]
+    i, rows, cols, rmask, cmask, mask = _row_block(P, K, BN, KP)
     dz2 = tl.load(dz2_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
     dsig = tl.load(rowv_ptr + rows * 3 + 1, mask=rmask, other=0.0)
     m2 = 2.0 * tl.load(rowv_ptr + rows * 3 + 2, mask=rmask, other=0.0)
@@ -281,10 +258,7 @@ def _bn_bwd_rows(dv1_ptr, z1_ptr, mean1_ptr, var1_ptr, g1_ptr, sums1_ptr, P, K, 
                  BN: tl.constexpr, KP: tl.constexpr, TRAIN: tl.constexpr):
     """One row block: dz1 = BN1 backward of dv1 [P, 4K] (the affine map of `_bn_grad_coefs`),
     written in place over dv1."""
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    cols = tl.arange(0, KP)
-    cmask = cols < K
-    mask = (rows < P)[:, None] & cmask[None, :]
+    _, rows, cols, _, cmask, mask = _row_block(P, K, BN, KP)
     for j in range(4):
         offs = j * K + cols
         ptrs = rows[:, None] * (4 * K) + offs[None, :]
@@ -299,10 +273,7 @@ def _conv_transposed_rows(dz1_ptr, taps_ptr, g5_ptr, dx_ptr, P, C, K, H, W, rate
                           BN: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr, PREC: tl.constexpr):
     """One row block: dx = sum over the 4 branches of the transposed conv of dz1 [P, 4K], plus
     branch 5's per-sample term g5 [B, C] (= dz5 W5 / HW)."""
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    cin = tl.arange(0, CP)
-    rmask = rows < P
-    mask = rmask[:, None] & (cin[None, :] < C)
+    _, rows, cin, rmask, _, mask = _row_block(P, C, BN, CP)
     acc = tl.load(g5_ptr + (rows // (H * W))[:, None] * C + cin[None, :], mask=mask, other=0.0)
     for j in range(4):
         acc = _conv_taps(acc, dz1_ptr, 4 * K, j * K, K, taps_ptr, C, 1, C, K * C, rows, rmask, H, W, j, rate,
