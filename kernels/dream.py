@@ -105,6 +105,16 @@ def _bn_affine(mean_ptr, var_ptr, g_ptr, be_ptr, offs, mask, eps):
 
 
 @triton.jit
+def _branch_z_u(x, w1_ptr, b1_ptr, mean1_ptr, var1_ptr, g1_ptr, be1_ptr, offs, cin, cmask, C, eps,
+                PREC: tl.constexpr):
+    """For the branch columns `offs` of a row block: z = x W1^T + b1 and u = ReLU(BN1(z))."""
+    wt = tl.load(w1_ptr + offs[None, :] * C + cin[:, None], mask=(cin[:, None] < C) & cmask[None, :], other=0.0)
+    z = tl.dot(x, wt, input_precision=PREC) + tl.load(b1_ptr + offs, mask=cmask, other=0.0)[None, :]
+    scale, shift = _bn_affine(mean1_ptr, var1_ptr, g1_ptr, be1_ptr, offs, cmask, eps)
+    return z, tl.maximum(z * scale[None, :] + shift[None, :], 0.0)
+
+
+@triton.jit
 def _fused_forward(x_ptr, w1_ptr, b1_ptr, mean1_ptr, var1_ptr, g1_ptr, be1_ptr, wcs_ptr,
                    w2_ptr, b2_ptr, mean2_ptr, var2_ptr, g2_ptr, be2_ptr,
                    z1_ptr, u_ptr, p_ptr, cs_ptr, z2_ptr, y_ptr, pmean_ptr, pm2_ptr, N, C, K, eps,
@@ -122,10 +132,7 @@ def _fused_forward(x_ptr, w1_ptr, b1_ptr, mean1_ptr, var1_ptr, g1_ptr, be1_ptr, 
     # Pass 1 over the branches: the attention row dots need all 5K columns of u.
     for br in range(5):
         offs = br * K + cols
-        wt = tl.load(w1_ptr + offs[None, :] * C + cin[:, None], mask=(cin[:, None] < C) & cmask[None, :], other=0.0)
-        z = tl.dot(x, wt, input_precision=PREC) + tl.load(b1_ptr + offs, mask=cmask, other=0.0)[None, :]
-        scale, shift = _bn_affine(mean1_ptr, var1_ptr, g1_ptr, be1_ptr, offs, cmask, eps)
-        u = tl.maximum(z * scale[None, :] + shift[None, :], 0.0)
+        z, u = _branch_z_u(x, w1_ptr, b1_ptr, mean1_ptr, var1_ptr, g1_ptr, be1_ptr, offs, cin, cmask, C, eps, PREC)
         att_c += tl.sum(u * tl.load(wcs_ptr + offs, mask=cmask, other=0.0)[None, :], axis=1)
         att_s += tl.sum(u * tl.load(wcs_ptr + 5 * K + offs, mask=cmask, other=0.0)[None, :], axis=1)
         if SAVE:
@@ -142,10 +149,7 @@ def _fused_forward(x_ptr, w1_ptr, b1_ptr, mean1_ptr, var1_ptr, g1_ptr, be1_ptr, 
     acc = tl.zeros([BN, KP], dtype=tl.float32)
     for br in range(5):
         offs = br * K + cols
-        wt = tl.load(w1_ptr + offs[None, :] * C + cin[:, None], mask=(cin[:, None] < C) & cmask[None, :], other=0.0)
-        z = tl.dot(x, wt, input_precision=PREC) + tl.load(b1_ptr + offs, mask=cmask, other=0.0)[None, :]
-        scale, shift = _bn_affine(mean1_ptr, var1_ptr, g1_ptr, be1_ptr, offs, cmask, eps)
-        u = tl.maximum(z * scale[None, :] + shift[None, :], 0.0)
+        _, u = _branch_z_u(x, w1_ptr, b1_ptr, mean1_ptr, var1_ptr, g1_ptr, be1_ptr, offs, cin, cmask, C, eps, PREC)
         p = (u * m[:, None]) * u
         if SAVE:
             tl.store(p_ptr + rows[:, None] * (5 * K) + offs[None, :], p, mask=mask)
